@@ -1,0 +1,105 @@
+# fgexp: every command of the suite. `make help` lists them.
+# The first target that needs Python makes .venv and installs the pinned, tested set.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RESULTS ?= results
+FIGURES ?= paper_figures
+SCRATCH ?= scratch
+RANKS  ?= 2
+TASK   ?=
+PYTEST_ARGS ?=
+# One torch thread is faster and steadier than two on small CPU machines; override freely.
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: help install test test-all smoke plots figure-3 figure-4 figure-5 figure-6 table-c \
+        table-networks lr-search slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## make .venv and install the pinned dependency set (requirements.lock)
+
+test: $(STAMP) ## the default test suite (what CI runs)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## every test, the slow ones included
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+smoke: $(STAMP) ## every experiment with its smoke preset, into $(SCRATCH)/smoke
+	rm -rf $(SCRATCH)/smoke
+	$(PY) experiments/approximation_quality.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/approximation_quality.py --preset smoke --cone --out $(SCRATCH)/smoke
+	$(PY) experiments/closed_form.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/closed_form.py --preset smoke --cone --out $(SCRATCH)/smoke
+	$(PY) experiments/fc_mnist.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/resnet_vit.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/plot.py all --results $(SCRATCH)/smoke --figures $(SCRATCH)/smoke/figures --allow-missing
+
+plots: $(STAMP) ## replot every figure and table from the committed CSVs (no compute)
+	$(PY) experiments/plot.py all --results $(RESULTS) --figures $(FIGURES) --allow-missing
+
+$(RESULTS)/approximation_quality.csv: | $(STAMP)
+	$(PY) experiments/approximation_quality.py --preset paper --out $(RESULTS)
+	$(PY) experiments/approximation_quality.py --preset paper --cone --out $(RESULTS)
+
+figure-3: $(RESULTS)/approximation_quality.csv ## Figure 3 (runs the paper preset if its CSV is missing)
+	$(PY) experiments/plot.py figure3 --results $(RESULTS) --figures $(FIGURES)
+
+$(RESULTS)/closed_form.csv: | $(STAMP)
+	$(PY) experiments/closed_form.py --preset paper --out $(RESULTS)
+	$(PY) experiments/closed_form.py --preset paper --cone --out $(RESULTS)
+
+figure-4: $(RESULTS)/closed_form.csv ## Figure 4 (closed-form functions)
+	$(PY) experiments/plot.py figure4 --results $(RESULTS) --figures $(FIGURES)
+
+figure-5: $(RESULTS)/approximation_quality.csv $(RESULTS)/closed_form.csv ## Figure 5a and 5b (cone tangents)
+	$(PY) experiments/plot.py figure5 --results $(RESULTS) --figures $(FIGURES)
+
+table-c: $(RESULTS)/closed_form.csv ## Appendix C table (Rosenbrock per seed)
+	$(PY) experiments/plot.py table-c --results $(RESULTS) --figures $(FIGURES)
+
+$(RESULTS)/fc_mnist.csv: | $(STAMP)
+	$(PY) experiments/fc_mnist.py --preset cpu --out $(RESULTS)
+
+$(RESULTS)/resnet_vit.csv: | $(STAMP)
+	$(PY) experiments/resnet_vit.py --preset cpu --out $(RESULTS)
+
+figure-6: $(RESULTS)/fc_mnist.csv ## Figure 6 (FC networks on MNIST)
+	$(PY) experiments/plot.py figure6 --results $(RESULTS) --figures $(FIGURES)
+
+table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table
+	$(PY) experiments/plot.py table-networks --results $(RESULTS) --figures $(FIGURES)
+
+lr-search: $(STAMP) ## Propulate LR search over MPI: make lr-search TASK=... RANKS=2
+	@test -n "$(TASK)" || { echo "usage: make lr-search TASK=<task> [RANKS=2]; list tasks: $(PY) experiments/lr_search.py --list-tasks"; exit 2; }
+	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS)
+
+slurm-lr-search: $(STAMP) ## write the settings list for TASK and submit the SLURM job array
+	@test -n "$(TASK)" || { echo "usage: make slurm-lr-search TASK=<task>"; exit 2; }
+	bash slurm/submit_lr_search.sh $(TASK)
+
+slurm-test: $(STAMP) ## opt-in: submit the array job to a local single-node SLURM
+	$(PY) -m pytest -m slurm tests/test_slurm.py
+
+bench: $(STAMP) ## full benchmark report into $(RESULTS)/benchmarks
+	$(PY) benchmarks/run.py --out $(RESULTS)/benchmarks --figures $(FIGURES)
+
+bench-quick: $(STAMP) ## spot-check benchmarks (under 2 minutes), into $(SCRATCH)/bench
+	$(PY) benchmarks/run.py --quick --out $(SCRATCH)/bench --figures $(SCRATCH)/bench
+
+bench-nn: $(STAMP) ## network step benchmark only
+	$(PY) benchmarks/run.py --only nn --out $(RESULTS)/benchmarks --figures $(FIGURES)
+
+clean-scratch: ## remove scratch outputs
+	rm -rf $(SCRATCH)

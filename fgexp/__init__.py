@@ -1,0 +1,10 @@
+"""fgexp: multi-tangent forward gradients, the core library of the experiment suite.
+
+Importing fgexp loads torch only: MPI, Propulate and torchvision load where they are used.
+"""
+from fgexp.aggregate import METHODS, aggregate, projection
+from fgexp.directional import GRADIENTS, MODES, GradientSpec, estimate, jvps_forward
+from fgexp.tangents import SAMPLERS, sample
+
+__all__ = ["METHODS", "aggregate", "projection", "GRADIENTS", "MODES", "GradientSpec",
+           "estimate", "jvps_forward", "SAMPLERS", "sample"]
