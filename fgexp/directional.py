@@ -78,19 +78,22 @@ def jvps_forward(f: Callable[[torch.Tensor], torch.Tensor], x_n: torch.Tensor,
     if tangents_kxn.shape[:-2] + tangents_kxn.shape[-1:] != x_n.shape:
         raise ValueError(f"tangents {tuple(tangents_kxn.shape)} do not fit x {tuple(x_n.shape)}: "
                          "expected (..., k, n) for x of shape (..., n)")
+    x_n = x_n.contiguous()  # expanded inputs (stride 0) cannot carry a dual tangent
     kdim = tangents_kxn.dim() - 2
 
     def along(v_n):
         return jvp(f, (x_n,), (v_n,))
 
-    value, jvps_k = vmap(along, in_dims=kdim, out_dims=(None, -1), chunk_size=chunk_size)(
-        tangents_kxn)
-    return value, jvps_k
+    batched = vmap(along, in_dims=kdim, out_dims=(None, -1))
+    k = tangents_kxn.shape[kdim]
+    step = chunk_size or k
+    parts = [batched(chunk) for chunk in tangents_kxn.split(step, dim=kdim)]
+    return parts[0][0], torch.cat([jvps for _, jvps in parts], dim=-1)
 
 
 def value_and_grad(f: Callable[[torch.Tensor], torch.Tensor], x_n: torch.Tensor):
     """Value f(x) (...) and exact gradient (..., n) by backprop; f must be batched elementwise."""
-    x = x_n.detach().requires_grad_(True)
+    x = x_n.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value = f(x)
         (grad_n,) = torch.autograd.grad(value.sum(), x)
@@ -150,12 +153,13 @@ def jvps_params_forward(loss_fn: Callable[[dict], torch.Tensor], params: Mapping
                         tangents_kxn: torch.Tensor, chunk_size: int | None = None):
     """Loss and its directional derivatives (k,) along global tangents (k, n) over a param dict."""
     primals = {name: p.detach() for name, p in params.items()}
-    tangent_dict = unflatten(tangents_kxn, primals)
 
-    def along(v):
-        return jvp(loss_fn, (primals,), (v,))
+    def along(v_n):
+        return jvp(loss_fn, (primals,), (unflatten(v_n, primals),))
 
-    return vmap(along, in_dims=(0,), out_dims=(None, 0), chunk_size=chunk_size)(tangent_dict)
+    batched = vmap(along, in_dims=0, out_dims=(None, 0))
+    parts = [batched(chunk) for chunk in tangents_kxn.split(chunk_size or len(tangents_kxn))]
+    return parts[0][0], torch.cat([jvps for _, jvps in parts])
 
 
 def module_loss(module: torch.nn.Module, loss: Callable[[torch.Tensor], torch.Tensor], *inputs):

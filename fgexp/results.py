@@ -149,8 +149,14 @@ class RunDir:
             raise ResultsError(f"output {self.dir} exists and is not a directory")
         parent = self.dir if self.dir.exists() else next(
             p for p in self.dir.parents if p.exists())
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ResultsError(f"output directory {self.dir} is not writable")
+        if not parent.is_dir():
+            raise ResultsError(f"output {self.dir} cannot be created: {parent} is not a directory")
+        try:  # a real probe: permissions alone miss read-only mounts and root's special cases
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as err:
+            raise ResultsError(f"output directory {self.dir} is not writable ({err.strerror})") \
+                from None
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text()).get("config")
             if old != self.config:
