@@ -184,6 +184,8 @@ def check_writable_dir(path: Path | str, what: str) -> None:
     parent = path
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path} cannot be made: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} is not writable")
 
@@ -209,6 +211,8 @@ def merge_rows(path: Path | str, setting_columns: Sequence[str], rows: Sequence[
         old = read_csv_rows(path, columns) if path.exists() else []
         new_keys = {setting_key(r, setting_columns) for r in rows}
         kept = [r for r in old if setting_key(r, setting_columns) not in new_keys]
+        keys = (*setting_columns, *RATE_COLUMNS)
+        rows = [{**r, **{c: canonical(r.get(c)) for c in keys}} for r in rows]
         atomic_write_text(path, rows_to_csv([*kept, *rows], columns))
 
 
