@@ -1,0 +1,195 @@
+"""Approximation quality: engines, statistics, the experiment script and its figures."""
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import approximation_quality as script
+from fgexp import approximation as approx
+from fgexp import plots
+
+
+def _group(n, k, group, engine, samples, seed=3):
+    methods = [m for m in approx.METHODS if approx.group_of(m) == group]
+    seq = approx.setting_seed(seed, "normal", n, k, group)
+    return approx.sample_group(n, k, group, methods, samples, seq, engine=engine)
+
+
+# n = 1 and 2 are the edge cases of the reduced engine (empty complement, a line); k > n too.
+@pytest.mark.parametrize("n,k,group", [
+    (1, 3, "conical"), (2, 1, "single"), (2, 5, "conical"), (3, 2, "conical"),
+    (48, 8, "conical"), (64, 128, "conical"), (48, 8, "projection"), (5, 9, "projection"),
+])
+def test_reduced_engine_matches_brute_force(n, k, group):
+    fast = _group(n, k, group, "reduced", 3000)
+    slow = _group(n, k, group, "brute", 3000, seed=4)
+    for method, (cos_fast, ratio_fast) in fast.items():
+        cos_slow, ratio_slow = slow[method]
+        for a, b in ((cos_fast, cos_slow), (ratio_fast, ratio_slow)):
+            spread = math.hypot(a.std(ddof=1), b.std(ddof=1)) / math.sqrt(a.size)
+            assert abs(a.mean() - b.mean()) <= 4 * spread + 1e-9, (method, a.mean(), b.mean())
+            if spread > 1e-9:  # two-sample KS: the whole distribution, not only the mean
+                assert stats.ks_2samp(a, b).pvalue > 1e-4, method
+
+
+def test_reduced_engine_detects_a_wrong_dimension():
+    # The comparison above has power: the same check rejects n = 48 against n = 40.
+    cos_a = _group(48, 8, "conical", "reduced", 3000)["sum_normalized"][0]
+    cos_b = _group(40, 8, "conical", "brute", 3000)["sum_normalized"][0]
+    assert stats.ks_2samp(cos_a, cos_b).pvalue < 1e-4
+
+
+def test_conical_methods_share_tangents_and_scale():
+    values = _group(16, 4, "conical", "reduced", 100)
+    np.testing.assert_array_equal(values["sum"][0], values["mean"][0])
+    np.testing.assert_allclose(values["sum"][1] / 4, values["mean"][1])
+    np.testing.assert_allclose(values["sum_normalized"][1] / 4, values["mean_normalized"][1])
+    assert not np.allclose(values["sum"][0], values["sum_normalized"][0])
+
+
+def test_streams_are_reproducible_and_distinct():
+    rows_a, raw_a = approx.run_cell(8, [2, 4], ["mean", "projection"], 50, seed=0)
+    rows_b, raw_b = approx.run_cell(8, [2, 4], ["mean", "projection"], 50, seed=0)
+    _, raw_c = approx.run_cell(8, [2, 4], ["mean", "projection"], 50, seed=1)
+    assert rows_a == rows_b
+    assert not np.allclose(raw_a[(8, 2, "mean", None)][0], raw_c[(8, 2, "mean", None)][0])
+    seeds = {approx.setting_seed(0, "normal", n, k, g).generate_state(2).tobytes()
+             for n in (1, 2) for k in (1, 2) for g in ("conical", "projection")}
+    assert len(seeds) == 8
+
+
+def test_summarize_uses_student_t_interval():
+    mean, std, ci = approx.summarize(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert (mean, std) == (2.5, pytest.approx(np.std([1, 2, 3, 4], ddof=1)))
+    assert ci == pytest.approx(stats.t.ppf(0.975, 3) * std / 2)
+
+
+def test_single_is_one_row_per_n_at_k_1():
+    rows, _ = approx.run_cell(4, [2, 8], list(approx.METHODS), 20, seed=0)
+    single = [r for r in rows if r["method"] == "single"]
+    assert [r["k"] for r in single] == [1]
+    assert len(rows) == 1 + 2 * 5
+    projection_k8 = next(r for r in rows if r["method"] == "projection" and r["k"] == 8)
+    assert projection_k8["cos_mean"] == pytest.approx(1.0, abs=1e-12)  # k > n: n tangents
+
+
+def test_cone_cell_writes_angle_and_projection_ignores_it():
+    rows, _ = approx.run_cell(16, [16], ["mean", "projection"], 50, seed=0, sampler="cone",
+                              angle_deg=15.0)
+    by_method = {r["method"]: r for r in rows}
+    assert {r["angle_deg"] for r in rows} == {15.0}
+    assert by_method["projection"]["cos_mean"] == pytest.approx(1.0, abs=1e-9)
+    assert by_method["mean"]["cos_mean"] < 0.5  # a narrow cone: the mean stays near v_1
+
+
+# ---- the script ----------------------------------------------------------------------------
+
+SMALL = ["--n", "1,4,16", "--k", "1,2,8", "--samples", "40", "--no-progress"]
+
+
+def test_script_smoke_subprocess_writes_schema_and_raw(tmp_path, repo_root):
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, str(repo_root / "experiments/approximation_quality.py"),
+                    "--preset", "smoke", "--out", str(out), "--raw", "--no-progress"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    # The cone grid joins the same directory (same config); in-process to save a start-up.
+    assert script.main(["--preset", "smoke", "--cone", "--out", str(out), "--raw",
+                        "--no-progress"]) == 0
+    with open(out / "approximation_quality.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == list(approx.COLUMNS)
+        rows = list(reader)
+    normal = [r for r in rows if r["sampler"] == "normal"]
+    cone = [r for r in rows if r["sampler"] == "cone"]
+    preset = script.PRESETS["smoke"]
+    assert len(normal) == len(preset.n) * (1 + 5 * len(preset.k))
+    assert len(cone) == len(preset.cone_angles) * len(preset.cone_k) * 2
+    assert all(r["angle_deg"] == "" for r in normal) and all(r["angle_deg"] for r in cone)
+    assert all(0 <= float(r["cos_mean"]) <= 1 + 1e-9 for r in rows)
+    raw = np.load(out / "approximation_quality_raw.npz")
+    assert raw["normal/n=4/k=4/projection/cos"].shape == (preset.samples,)
+    assert "cone/n=16/k=4/mean/angle=30/norm_ratio" in raw.files
+    assert (out / "approximation_quality.manifest.json").exists()
+
+
+@pytest.mark.parametrize("bad", [["--methods", "mean,bogus"], ["--k", "0"], ["--k", "2,-1"],
+                                 ["--n", "0"], ["--samples", "1"], ["--angles", "30"],
+                                 ["--cone", "--angles", "0"]])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    assert script.main(["--out", str(out), *SMALL, *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert not out.exists()
+
+
+def test_resume_skips_done_cells(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert script.main(["--out", str(out), *SMALL]) == 0
+    csv_path = out / "approximation_quality.csv"
+    df = pd.read_csv(csv_path)
+    # Tamper with a finished cell: a rerun must keep it (skipped), recompute only n = 16.
+    df.loc[df["n"] == 4, "cos_mean"] = -7.0
+    df.to_csv(csv_path, index=False)
+    done = (out / "approximation_quality.done").read_text().split()
+    (out / "approximation_quality.done").write_text(
+        "\n".join(c for c in done if c != "normal/n=16") + "\n")
+    capsys.readouterr()
+    assert script.main(["--out", str(out), *SMALL]) == 0
+    assert "1 cells computed, 2 already done" in capsys.readouterr().out
+    again = pd.read_csv(csv_path)
+    assert (again.loc[again["n"] == 4, "cos_mean"] == -7.0).all()
+    assert len(again) == len(df)
+    # A different config is refused before anything is written.
+    assert script.main(["--out", str(out), *SMALL[:-2], "41", "--no-progress"]) == 2
+
+
+def test_flags_override_the_cone_grid_only_with_cone():
+    args = script.parse(["--preset", "paper", "--cone", "--k", "2,4", "--angles", "45"])
+    config = script.resolve(args)
+    assert config.cone_k == (2, 4) and config.cone_angles == (45.0,)
+    assert config.k == script.PRESETS["paper"].k
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_frame():
+    rows = []
+    for n in (1, 4, 16):
+        rows += approx.run_cell(n, [1, 2, 8], list(approx.METHODS), 30, seed=0)[0]
+    for angle in (30.0, 90.0):
+        rows += approx.run_cell(16, [2, 8], ["mean", "projection"], 30, seed=0,
+                                sampler="cone", angle_deg=angle)[0]
+    return pd.DataFrame(rows)
+
+
+def test_figure3_on_a_tiny_frame(tiny_frame, tmp_path):
+    fig = plots.figure3(tiny_frame)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2 * 3  # cosine and norm ratio panels for n = 1, 4, 16
+    assert all(ax.get_xscale() == "log" for ax in visible)
+    assert any("30 draws" in t.get_text() for t in fig.texts)
+    assert [p.suffix for p in plots.save(fig, tmp_path, "figure3")] == [".pdf", ".png"]
+
+
+def test_figure5a_axes_draws_mean_and_projection(tiny_frame):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    plots.figure5a_axes(ax, tiny_frame)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert sum(label.startswith("mean") for label in labels) == 2
+    assert sum(label.startswith("projection") for label in labels) == 2
+    assert list(ax.get_lines()[0].get_xdata()) == [30.0, 90.0]
+    plt.close(fig)
+    assert plots.figure5a(tiny_frame).axes
+
+
+def test_figure3_panel_choice():
+    assert plots.figure3_panel_ns([2 ** e for e in range(15)]) == [2 ** e for e in range(0, 15, 2)]
+    assert plots.figure3_panel_ns([4, 1, 16]) == [1, 4, 16]
