@@ -1,0 +1,144 @@
+"""Approximation-quality engines: per-sample loop vs batched brute force vs exact reduced.
+
+Rows: one per (n, k, method, implementation) with the median samples/s over repetitions, the
+spread (half the range of the repetitions, samples/s) and the speed-up over the per-sample loop
+measured in the same run. With quick=False, also the paper preset's wall time from scratch
+(normal and cone grids, into a temporary directory) and the loop's time for the same grid,
+estimated from timed loop samples of every (n, k) setting (too slow to run in full).
+
+    python benchmarks/approximation.py [--quick]
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+from fgexp import approximation as approx  # noqa: E402
+
+IMPLEMENTATIONS = ("loop", "batched", "reduced")
+
+
+def _sampler(implementation: str, n: int, k: int, method: str):
+    """A callable samples -> None drawing that many samples with one implementation."""
+    group = approx.group_of(method)
+    seq = approx.setting_seed(0, "normal", n, k, group)
+    if implementation == "loop":
+        return lambda s: approx.loop_baseline(n, k, method, s, approx.torch_generator(seq))
+    engine = "brute" if implementation == "batched" else "reduced"
+    return lambda s: approx.sample_group(n, k, group, [method], s, seq, engine=engine)
+
+
+def _timed(fn, samples: int) -> float:
+    start = time.perf_counter()
+    fn(samples)
+    return time.perf_counter() - start
+
+
+def _calibrate(fn, target_s: float, cap: int) -> int:
+    """Samples per repetition so one repetition takes about target_s (at most cap)."""
+    samples = 1
+    while samples < cap:
+        elapsed = _timed(fn, samples)
+        if elapsed >= target_s / 4:
+            break
+        samples *= 4
+    return max(1, min(cap, int(samples * target_s / max(elapsed, 1e-9))))
+
+
+def measure(implementation: str, n: int, k: int, method: str, repetitions: int,
+            target_s: float) -> dict:
+    fn = _sampler(implementation, n, k, method)
+    samples = _calibrate(fn, target_s, cap=1000)  # the warm-up is part of the calibration
+    rates = [samples / _timed(fn, samples) for _ in range(repetitions)]
+    return {"case": "engine", "n": n, "k": k, "method": method,
+            "implementation": implementation, "samples_per_s": statistics.median(rates),
+            "spread": (max(rates) - min(rates)) / 2, "repetitions": repetitions,
+            "samples": samples}
+
+
+def engine_rows(quick: bool) -> list[dict]:
+    rows = []
+    repetitions, target_s = (3, 0.03) if quick else (5, 0.2)
+    for n in (64, 1024, 16384):
+        for k in (1, 16, 64):
+            for method in ("mean", "projection"):
+                case = [measure(impl, n, k, method, repetitions, target_s)
+                        for impl in IMPLEMENTATIONS]
+                for row in case:
+                    row["speedup_vs_loop"] = row["samples_per_s"] / case[0]["samples_per_s"]
+                rows += case
+    return rows
+
+
+def _loop_seconds_per_sample(n: int, k: int, method: str) -> float:
+    """One timed pass of the per-sample loop (after one warm-up sample)."""
+    fn = _sampler("loop", n, k, method)
+    fn(1)
+    samples, elapsed = 1, _timed(fn, 1)
+    while elapsed < 0.02 and samples < 1000:
+        samples *= 8
+        elapsed = _timed(fn, samples)
+    return elapsed / samples
+
+
+def paper_rows() -> list[dict]:
+    """The paper preset from scratch, and the loop's estimated time for the same grid."""
+    import approximation_quality as script
+    preset = script.PRESETS["paper"]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for extra in ([], ["--cone"]):
+            if script.main(["--preset", "paper", "--out", tmp, "--no-progress", *extra]) != 0:
+                raise RuntimeError("the paper preset failed")
+        wall_s = time.perf_counter() - start
+    # Loop estimate, Gaussian grid only: the four conical methods each cost about one "mean"
+    # sample; single is a k = 1 mean; the projection is timed itself.
+    loop_s = 0.0
+    for n in preset.n:
+        loop_s += preset.samples * _loop_seconds_per_sample(n, 1, "mean")  # single
+        for k in preset.k:
+            per_sample = (4 * _loop_seconds_per_sample(n, k, "mean")
+                          + _loop_seconds_per_sample(n, k, "projection"))
+            loop_s += preset.samples * per_sample
+    return [
+        {"case": "paper_preset", "implementation": "reduced", "wall_s": wall_s,
+         "repetitions": 1, "speedup_vs_loop": loop_s / wall_s,
+         "note": "normal and cone grids, from scratch, one process"},
+        {"case": "paper_preset", "implementation": "loop", "wall_s": loop_s, "repetitions": 1,
+         "speedup_vs_loop": 1.0,
+         "note": "estimated: timed loop samples per (n, k) x 1000, Gaussian grid only"},
+    ]
+
+
+def run(quick: bool) -> list[dict]:
+    torch.manual_seed(0)
+    np.random.seed(0)
+    rows = engine_rows(quick)
+    if not quick:
+        rows += paper_rows()
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    columns = ["case", "n", "k", "method", "implementation", "samples_per_s", "spread",
+               "speedup_vs_loop", "wall_s"]
+    print(" ".join(f"{c:>15}" for c in columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:>15.4g}" if isinstance(v, float) else f"{v!s:>15}")
+        print(" ".join(cells))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _print_table(run(quick="--quick" in sys.argv[1:]))
