@@ -79,9 +79,8 @@ def engine_rows(quick: bool) -> list[dict]:
 
 
 def _loop_seconds_per_sample(n: int, k: int, method: str) -> float:
-    """One timed pass of the per-sample loop (after one warm-up sample)."""
+    """Seconds per loop sample; a fast first sample only warms up, then more are timed."""
     fn = _sampler("loop", n, k, method)
-    fn(1)
     samples, elapsed = 1, _timed(fn, 1)
     while elapsed < 0.02 and samples < 1000:
         samples *= 8
