@@ -60,7 +60,9 @@ PRESETS = {
 
 def parse(argv):
     parser = _common.make_parser(__doc__, PRESETS)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    # Keep the docstring's line breaks and still show every default.
+    parser.formatter_class = type("Formatter", (argparse.RawDescriptionHelpFormatter,
+                                                argparse.ArgumentDefaultsHelpFormatter), {})
     parser.add_argument("--cone", action="store_true",
                         help="run the cone grid (Section 4.3) instead of Gaussian tangents")
     parser.add_argument("--n", type=_common.int_list, help="dimensions, e.g. 2^0..2^14")
