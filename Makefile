@@ -83,11 +83,11 @@ table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table
 
 lr-search: $(STAMP) ## Propulate LR search over MPI: make lr-search TASK=... RANKS=2
 	@test -n "$(TASK)" || { echo "usage: make lr-search TASK=<task> [RANKS=2]; list tasks: $(PY) experiments/lr_search.py --list-tasks"; exit 2; }
-	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS)
+	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS) $(ARGS)
 
 slurm-lr-search: $(STAMP) ## write the settings list for TASK and submit the SLURM job array
 	@test -n "$(TASK)" || { echo "usage: make slurm-lr-search TASK=<task>"; exit 2; }
-	bash slurm/submit_lr_search.sh $(TASK)
+	bash slurm/submit_lr_search.sh $(TASK) $(ARGS)
 
 slurm-test: $(STAMP) ## opt-in: submit the array job to a local single-node SLURM
 	$(PY) -m pytest -m slurm tests/test_slurm.py

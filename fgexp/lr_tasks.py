@@ -95,10 +95,10 @@ def _convert(current, annotation: str, value):
 
 
 class ClosedFormTask:
-    name = "closed_form"
     setting_columns = ("function", "n", "angle_deg")
 
-    def __init__(self, config: ClosedFormSearch):
+    def __init__(self, config: ClosedFormSearch, name: str = "closed_form"):
+        self.name = name  # LR table name
         for name in config.functions:
             functions.get(name)
         for text in config.gradients:
@@ -183,7 +183,10 @@ def _deduplicate(settings: list[dict]) -> list[dict]:
 def closed_form(preset: str = "smoke", **overrides) -> ClosedFormTask:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} for closed_form; allowed: {', '.join(PRESETS)}")
-    return ClosedFormTask(coerce(PRESETS[preset], overrides))
+    # The experiments read closed_form.csv (paper and cone settings); a smoke search, with its
+    # shortened runs, gets a table of its own so it never overwrites a paper rate.
+    name = "closed_form" if preset in ("paper", "cone") else f"closed_form_{preset}"
+    return ClosedFormTask(coerce(PRESETS[preset], overrides), name)
 
 
 closed_form.presets = tuple(PRESETS)

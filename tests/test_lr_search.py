@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import subprocess
@@ -105,7 +106,8 @@ def test_lookup_matches_setting_and_names_the_command_when_missing(tmp_path):
 
 def test_selection_of_paper_settings():
     task = lr_search.get_task("closed_form:paper")
-    assert len(task.settings()) == 3 * 11 * 8
+    assert len(task.settings()) == 3 * 11 * 8 and task.name == "closed_form"
+    assert lr_search.get_task("closed_form").name == "closed_form_smoke"  # never the paper table
     chosen = select_settings(task, parse_selection(["function=sphere", "n=4,8", "gradient=frog"]))
     assert [(s["n"], s["k"]) for s in chosen] == [(4, 2), (4, 4), (4, 16), (8, 2), (8, 4), (8, 16)]
     with pytest.raises(ValueError, match="unknown gradient"):
@@ -203,18 +205,34 @@ def test_pruning_merge_commutes():
 
 # --- bad input ---------------------------------------------------------------------------------
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("lr_search_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     ([*TINY, "--select", "gradient=fg-nope"], "unknown gradient fg-nope"),
     ([*TINY, "--lo", "0", "--hi", "-6"], "lo < hi"),
     ([*TINY, "--set", "max_step=3"], "unknown task option max_step"),
-    ([*TINY, "--backend", "propulate"], "at least 2 MPI ranks with MPICH"),
+    ([*TINY, "--backend", "propulate", "--population", "0"], "--population >= 1"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    result = run_script(*args, "--lr-dir", tmp_path / "lrs")
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    status = load_script().main([*map(str, args), "--lr-dir", str(tmp_path / "lrs")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "lrs").exists()
+
+
+def test_single_rank_with_mpich_is_refused(tmp_path):
+    """A separate process: importing mpi4py starts MPI, which the test process must not do."""
+    result = run_script(*TINY, "--backend", "propulate", "--lr-dir", tmp_path / "lrs")
+    assert result.returncode == 2
+    assert "at least 2 MPI ranks with MPICH" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "lrs").exists()
 
 
 @pytest.mark.mpi
@@ -234,18 +252,18 @@ def test_propulate_two_ranks_near_grid_optimum_and_resumes(tmp_path):
     grid = run_script(*TINY, "--seeds", "0", "--points-per-decade", "8", "--lr-dir",
                       tmp_path / "grid")
     assert grid.returncode == 0, grid.stderr
-    grid_lr = float(read_table(tmp_path / "grid" / "closed_form.csv")[0]["lr"])
+    grid_lr = float(read_table(tmp_path / "grid" / "closed_form_smoke.csv")[0]["lr"])
 
     common = [*TINY, "--backend", "propulate", "--ranks", "2", "--seeds", "0",
               "--checkpoints", tmp_path / "ck", "--lr-dir", tmp_path / "lrs"]
     first = run_script(*common, "--evaluations", "8", mpi_ranks=2)
     assert first.returncode == 0, first.stderr
-    assert read_table(tmp_path / "lrs" / "closed_form.csv")[0]["evaluations"] == "8"
+    assert read_table(tmp_path / "lrs" / "closed_form_smoke.csv")[0]["evaluations"] == "8"
     second = run_script(*common, "--evaluations", "24", mpi_ranks=2)
     assert second.returncode == 0, second.stderr
-    (found,) = read_table(tmp_path / "lrs" / "closed_form.csv")
+    (found,) = read_table(tmp_path / "lrs" / "closed_form_smoke.csv")
     assert found["evaluations"] == "24" and found["backend"] == "propulate"
-    (log,) = (tmp_path / "ck" / "closed_form").glob("*/propulate.log")
+    (log,) = (tmp_path / "ck" / "closed_form_smoke").glob("*/propulate.log")
     assert "Resuming from generation 4" in log.read_text()  # 8 evaluations = 4 per rank
     assert abs(math.log10(float(found["lr"]) / grid_lr)) < 1, (found["lr"], grid_lr)
 

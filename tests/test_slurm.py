@@ -149,10 +149,10 @@ def test_submitted_list_line_runs_a_real_search_through_array_sbatch(tmp_path):
                   tmp_path / "lists" / "lr_closed_form.txt",
                   env=array_env(tmp_path, 0, FGEXP_RANKS="2"), timeout=180)
     assert result.returncode == 0, result.stderr + result.stdout
-    with open(tmp_path / "lrs" / "closed_form.csv", newline="") as fh:
+    with open(tmp_path / "lrs" / "closed_form_smoke.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["backend"] == "propulate" and row["evaluations"] == "6"
-    assert list((tmp_path / "ck" / "closed_form").glob("*/island_0_ckpt.pickle"))
+    assert list((tmp_path / "ck" / "closed_form_smoke").glob("*/island_0_ckpt.pickle"))
 
 
 @pytest.mark.slurm
