@@ -43,20 +43,18 @@ def _timed(fn, samples: int) -> float:
 
 
 def _calibrate(fn, target_s: float, cap: int) -> int:
-    """Samples per repetition so one repetition takes about target_s (at most cap)."""
+    """Samples per repetition: grow x4 until one call takes target_s, at most cap."""
+    fn(1)  # warm-up: first-call costs (allocator, lazy imports) must not set the size
     samples = 1
-    while samples < cap:
-        elapsed = _timed(fn, samples)
-        if elapsed >= target_s / 4:
-            break
+    while samples < cap and _timed(fn, samples) < target_s:
         samples *= 4
-    return max(1, min(cap, int(samples * target_s / max(elapsed, 1e-9))))
+    return min(samples, cap)
 
 
 def measure(implementation: str, n: int, k: int, method: str, repetitions: int,
             target_s: float) -> dict:
     fn = _sampler(implementation, n, k, method)
-    samples = _calibrate(fn, target_s, cap=1000)  # the warm-up is part of the calibration
+    samples = _calibrate(fn, target_s, cap=1000)
     rates = [samples / _timed(fn, samples) for _ in range(repetitions)]
     return {"case": "engine", "n": n, "k": k, "method": method,
             "implementation": implementation, "samples_per_s": statistics.median(rates),
