@@ -45,3 +45,61 @@ def figure5a(results_dir, figures_dir):
     fig = plots.figure5a(df)
     plots.stamp(fig, plots.provenance(results_dir / "approximation_quality.manifest.json"))
     return plots.save(fig, figures_dir, "figure5a")
+
+
+# ---- Closed-form functions (Sections 4.2 and 4.3) --------------------------------------------
+
+def _closed_form_frame(results_dir, sampler: str):
+    import pandas as pd
+    path = results_dir / "closed_form.csv"
+    df = pd.read_csv(path)
+    kept = df[df["sampler"].fillna("normal") == sampler] if sampler == "cone" else \
+        df[df["sampler"].fillna("normal") != "cone"]
+    if kept.empty:
+        flag = " --cone" if sampler == "cone" else ""
+        raise ValueError(f"{path} has no {sampler}-tangent rows; run "
+                         f"experiments/closed_form.py{flag}")
+    return kept
+
+
+@builder("figure4", "closed_form.csv")
+def figure4(results_dir, figures_dir):
+    """Figure 4: best value against n on Sphere, Rosenbrock and Styblinski-Tang."""
+    from fgexp import plots
+    fig = plots.figure4(_closed_form_frame(results_dir, "normal"))
+    plots.stamp(fig, plots.provenance(results_dir / "closed_form.manifest.json"))
+    return plots.save(fig, figures_dir, "figure4")
+
+
+@builder("figure5", "approximation_quality.csv", "closed_form.csv")
+def figure5(results_dir, figures_dir):
+    """Figure 5: cone tangents; cosine similarity (left), best Styblinski-Tang value (right)."""
+    from fgexp import plots
+    approximation = _approximation_frame(results_dir)
+    if not (approximation["sampler"] == "cone").any():
+        raise ValueError(f"{results_dir / 'approximation_quality.csv'} has no cone rows; run "
+                         "experiments/approximation_quality.py --cone")
+    fig = plots.figure5(approximation, _closed_form_frame(results_dir, "cone"))
+    plots.stamp(fig, "left: " + plots.provenance(results_dir / "approximation_quality.manifest.json")
+                + "   right: " + plots.provenance(results_dir / "closed_form.manifest.json"))
+    return plots.save(fig, figures_dir, "figure5")
+
+
+@builder("table-c", "closed_form.csv")
+def table_c(results_dir, figures_dir):
+    """Appendix C: Rosenbrock best value per seed and mean, n = 64 and 1024, with rates."""
+    from pathlib import Path
+
+    from fgexp import plots
+    from fgexp.results import atomic_write_text
+    table = plots.table_c(_closed_form_frame(results_dir, "normal"))
+    if table.empty:
+        raise ValueError(f"{results_dir / 'closed_form.csv'} has no Rosenbrock rows for "
+                         "n = 64 or 1024; run experiments/closed_form.py --functions rosenbrock")
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = figures_dir / "table_c.csv", figures_dir / "table_c.md"
+    atomic_write_text(csv_path, table.to_csv(index=False))
+    source = plots.provenance(results_dir / "closed_form.manifest.json")
+    atomic_write_text(md_path, plots.markdown_table(table, "{:.3g}") + f"\n_{source}_\n")
+    return [csv_path, md_path]
