@@ -101,6 +101,12 @@ def validate(config: ApproximationConfig, cone: bool) -> None:
     for label, values in (("n", ns), ("k", ks)):
         if not values or min(values) < 1:
             raise _common.UsageError(f"every {label} must be >= 1, got {list(values)}")
+    lists = {"n": ns, "k": ks, "methods": config.cone_methods if cone else config.methods}
+    if cone:
+        lists["angles"] = config.cone_angles
+    for label, values in lists.items():
+        if len(set(values)) != len(values):  # repeated settings would repeat CSV keys
+            raise _common.UsageError(f"--{label} lists a value twice: {list(values)}")
     if config.samples < 2:
         raise _common.UsageError(f"--samples must be >= 2 (spread and CI), got {config.samples}")
     if cone:

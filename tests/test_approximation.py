@@ -128,7 +128,7 @@ def test_script_smoke_subprocess_writes_schema_and_raw(tmp_path, repo_root):
 
 @pytest.mark.parametrize("bad", [["--methods", "mean,bogus"], ["--k", "0"], ["--k", "2,-1"],
                                  ["--n", "0"], ["--samples", "1"], ["--angles", "30"],
-                                 ["--cone", "--angles", "0"]])
+                                 ["--cone", "--angles", "0"], ["--k", "2,2"]])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, bad):
     out = tmp_path / "run"
     assert script.main(["--out", str(out), *SMALL, *bad]) == 2
