@@ -1,0 +1,103 @@
+"""Command line shared by fc_mnist.py and resnet_vit.py: flags -> NetConfig -> runs -> CSV.
+
+Both scripts are the same experiment with different presets (fgexp.nn.runs.NetConfig).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import sys
+from pathlib import Path
+
+import _common
+
+# flag -> NetConfig field, for flags whose name differs from the field
+FIELDS = ("models", "datasets", "widths", "seeds", "mode", "perturbation", "max_epochs",
+          "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "data_root")
+
+
+def parser(description: str, presets: dict, name: str):
+    from fgexp.directional import GRADIENTS
+    p = _common.make_parser(description, presets)
+    p.add_argument("--models", type=_common.str_list, help="comma list: fc, resnet18, vit")
+    p.add_argument("--datasets", type=_common.str_list,
+                   help="comma list: mnist, cifar10 (torchvision), mnist5k (offline), synthetic")
+    p.add_argument("--widths", type=_common.int_list, help="FC hidden widths, e.g. 256,1024")
+    p.add_argument("--gradients", type=_common.str_list,
+                   help=f"comma list of {', '.join(GRADIENTS)}, each optionally ':k' "
+                        "(e.g. bp,fg-mean:1,frog:4); labels without ':k' take --k")
+    p.add_argument("--k", type=_common.int_list, help="tangent counts for labels without ':k'")
+    p.add_argument("--seeds", type=_common.int_list, help="e.g. 0,1,2")
+    p.add_argument("--mode", choices=("forward", "simulated"),
+                   help="forward: forward-mode AD; simulated: backprop then project (paper)")
+    p.add_argument("--perturbation", choices=("activity", "weight"))
+    p.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs per run")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--batch-size", type=int, help="training batch (default 64 MNIST, 128 CIFAR)")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images")
+    p.add_argument("--eval-limit", type=int, help="... and N validation and N test images")
+    p.add_argument("--lr", type=float, help="one learning rate for every run (skips the table)")
+    p.add_argument("--lr-table", help=f"LR table (default: the preset's, results/lrs/{name}.csv)")
+    p.add_argument("--data-root", help="torchvision data root (MNIST/raw, cifar-10-batches-py)")
+    p.add_argument("--download", action="store_true", help="let torchvision download data")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--checkpoints", help="per-run checkpoint directory (default "
+                                         f"scratch/checkpoints/{name}); deleted when a run ends")
+    return p
+
+
+def config_from(args, preset):
+    cfg = _common.override(preset, args, list(FIELDS))
+    if args.gradients is not None or args.k is not None:
+        from fgexp.nn.runs import gradient_tokens
+        labels = args.gradients or sorted({t.split(":")[0] for t in cfg.gradients})
+        cfg = dataclasses.replace(cfg, gradients=gradient_tokens(labels, args.k))
+    if args.download:
+        cfg = dataclasses.replace(cfg, download=True)
+    return dataclasses.replace(cfg, models=tuple(cfg.models), datasets=tuple(cfg.datasets),
+                               widths=tuple(cfg.widths), seeds=tuple(cfg.seeds))
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Serialize CSV updates of concurrent jobs (SLURM array tasks) sharing one directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run(argv, description: str, presets: dict, name: str) -> int:
+    args = parser(description, presets, name).parse_args(argv)
+    _common.setup_torch(args.threads)
+    import torch
+    from tqdm import tqdm
+
+    from fgexp.nn import runs as nets
+    from fgexp.results import RunDir
+    cfg = config_from(args, presets[args.preset])
+    nets.validate(cfg)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rd = RunDir(args.out, name, {**nets.config_record(cfg), "preset": args.preset},
+                nets.COLUMNS, nets.KEY_COLUMNS).check()
+    todo = [r for r in nets.runs(cfg) if r.cell_id not in rd.done()]
+    lrs = nets.learning_rates(cfg, name, todo)
+    data = {d: nets.load_data(cfg, d) for d in dict.fromkeys(r.dataset for r in todo)}
+    ckpt_dir = Path(args.checkpoints or f"scratch/checkpoints/{name}")
+    with locked(rd.dir / f".{name}.lock"):
+        rd.start(args.preset)
+    for r in tqdm(todo, desc=name, unit="run", disable=args.no_progress):
+        ckpt = ckpt_dir / f"{r.cell_id}.pt"
+        rows = nets.run_rows(r, cfg, data[r.dataset], lrs[r], ckpt, device,
+                             progress=not args.no_progress)
+        with locked(rd.dir / f".{name}.lock"):
+            rd.write_cell(r.cell_id, rows)
+        ckpt.unlink(missing_ok=True)
+    with locked(rd.dir / f".{name}.lock"):
+        rd.finish()
+    print(f"{name}: {len(todo)} runs trained, results in {rd.csv_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,226 @@
+"""Network training experiments (paper Sections 4.4 and 4.5) as configuration.
+
+One config dataclass serves both experiments: FC networks on MNIST are models=("fc",) over
+widths, ResNet18/ViT are models=("resnet18", "vit") over data sets. A run is one (model,
+data set, width, gradient, k, seed); its rows (one per epoch) go to the CSV when it ends,
+and a checkpoint per epoch lets a killed run resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fgexp.directional import GRADIENTS, GradientSpec
+from fgexp.nn import data as datasets
+from fgexp.nn.train import TrainConfig, train
+
+MODELS = ("fc", "resnet18", "vit")
+COLUMNS = ("model", "dataset", "width", "gradient", "k", "mode", "perturbation", "seed", "lr",
+           "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+           "epoch_seconds", "status")
+KEY_COLUMNS = ("model", "dataset", "width", "gradient", "k", "mode", "perturbation", "seed",
+               "epoch")
+# The paper's gradients: bp; single tangent; mean and projection with k = 2, 4, 16.
+PAPER_GRADIENTS = ("bp", "fg-mean:1", "fg-mean:2", "fg-mean:4", "fg-mean:16",
+                   "frog:2", "frog:4", "frog:16")
+SAMPLER = "normal"
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    models: tuple[str, ...] = ("fc",)            # names for fgexp.nn.models.build
+    datasets: tuple[str, ...] = ("mnist",)       # names in fgexp.nn.data.DATASETS
+    widths: tuple[int | None, ...] = (None,)     # FC hidden width; None for ResNet18/ViT
+    gradients: tuple[str, ...] = PAPER_GRADIENTS  # "bp" or "label:k" tokens
+    seeds: tuple[int, ...] = (0, 1, 2)           # drive init, batch order and tangents
+    mode: str = "simulated"                      # paper simulates FG by backprop (Appendix B)
+    perturbation: str = "activity"               # paper: activity perturbation
+    max_epochs: int = 200                        # paper: 200, early stopping after `patience`
+    patience: int = 10                           # epochs without validation improvement
+    batch_size: int | None = None                # None: 64 for MNIST-like data, 128 for CIFAR-10
+    train_limit: int | None = None               # use only the first N training images
+    eval_limit: int | None = None                # ... and N validation and N test images
+    search_epochs: int | None = None             # LR search epoch cap (paper: 50 for ResNet/ViT)
+    lr_table: str = "results/lrs/fc_mnist.csv"   # learning rates from the LR search
+    lr: float | None = None                      # one rate for every run (overrides the table)
+    data_root: str = "data"                      # where torchvision finds MNIST/CIFAR10
+    download: bool = False                       # let torchvision download missing files
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    dataset: str
+    width: int | None
+    gradient: str
+    k: int | None  # None for bp
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        """Also the SLURM job name: every field of the sweep point, readable."""
+        width = f"-w{self.width}" if self.width else ""
+        k = f"-k{self.k}" if self.k else ""
+        return f"{self.model}{width}_{self.dataset}_{self.gradient}{k}_seed{self.seed}"
+
+    def setting(self) -> dict:
+        """The LR-table setting of this run (all seeds share one rate)."""
+        return {"model": self.model, "dataset": self.dataset,
+                "width": "" if self.width is None else self.width,
+                "gradient": self.gradient, "k": "" if self.k is None else self.k,
+                "sampler": SAMPLER}
+
+
+def parse_gradient(token: str) -> tuple[str, int | None]:
+    """'bp' -> ('bp', None); 'frog:4' -> ('frog', 4)."""
+    label, _, k = token.partition(":")
+    if label not in GRADIENTS:
+        raise ValueError(f"unknown gradient {label!r}; allowed: {', '.join(GRADIENTS)}")
+    if label == "bp":
+        return "bp", None
+    try:
+        k_int = int(k)
+    except ValueError:
+        raise ValueError(f"gradient {token!r} needs a number of tangents, e.g. {label}:4") from None
+    if k_int < 1:
+        raise ValueError(f"k must be >= 1, got {token!r}")
+    return label, k_int
+
+
+def gradient_tokens(labels: Sequence[str], ks: Sequence[int] | None) -> tuple[str, ...]:
+    """Expand labels (with or without ':k') by a list of k; explicit ':k' wins."""
+    out = []
+    for label in labels:
+        if ":" in label or label == "bp":
+            out.append(label)
+        elif ks:
+            out += [f"{label}:{k}" for k in ks]
+        else:
+            out += [t for t in PAPER_GRADIENTS if t.startswith(f"{label}:")] or [f"{label}:1"]
+    return tuple(dict.fromkeys(out))
+
+
+def runs(cfg: NetConfig) -> list[Run]:
+    return [Run(m, d, w, *parse_gradient(g), s) for m in cfg.models for d in cfg.datasets
+            for w in cfg.widths for g in cfg.gradients for s in cfg.seeds]
+
+
+def spec_of(run: Run, cfg: NetConfig) -> GradientSpec:
+    return GradientSpec(run.gradient, run.k or 1, SAMPLER, cfg.mode,
+                        perturbation=cfg.perturbation)
+
+
+def batch_size(cfg: NetConfig, dataset: str) -> int:
+    return cfg.batch_size or (128 if dataset == "cifar10" else 64)
+
+
+def validate(cfg: NetConfig) -> None:
+    """Every bad input as one ValueError/FileNotFoundError, before any compute or write."""
+    for m in cfg.models:
+        if m not in MODELS:
+            raise ValueError(f"unknown model {m!r}; allowed: {', '.join(MODELS)}")
+    for w in cfg.widths:
+        if w is not None and w < 1:
+            raise ValueError(f"width must be >= 1, got {w}")
+    for name in ("max_epochs", "patience", "batch_size", "train_limit", "eval_limit"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    for d in cfg.datasets:
+        datasets.check(d, cfg.data_root, cfg.download)
+    for g in cfg.gradients:
+        parse_gradient(g)
+    if not cfg.seeds:
+        raise ValueError("no seeds given")
+    spec_of(runs(cfg)[0], cfg)  # mode/perturbation names
+
+
+def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, float]:
+    """The rate of every run: cfg.lr, or the LR table (MissingLearningRate names the search)."""
+    if cfg.lr is not None:
+        if not cfg.lr > 0:
+            raise ValueError(f"--lr must be positive, got {cfg.lr}")
+        return {r: cfg.lr for r in todo}
+    from fgexp.lr_search import lookup_lr
+    command = f"make lr-search TASK={task}"
+    return {r: lookup_lr(cfg.lr_table, r.setting(), command) for r in todo}
+
+
+def load_data(cfg: NetConfig, dataset: str) -> datasets.DataSet:
+    full = datasets.load(dataset, cfg.data_root, cfg.download)
+    return full.limit(cfg.train_limit, cfg.eval_limit)
+
+
+def build_model(run: Run, data: datasets.DataSet, seed: int, device=None) -> torch.nn.Module:
+    """The run's model, initialized from its seed."""
+    from fgexp.nn.models import build
+    torch.manual_seed(seed)
+    model = build(run.model, in_channels=data.in_channels, image_size=data.image_size,
+                  num_classes=data.num_classes, width=run.width)
+    return model.to(device)
+
+
+def train_config(cfg: NetConfig, run: Run, lr: float, max_epochs: int | None = None):
+    return TrainConfig(lr=lr, max_epochs=max_epochs or cfg.max_epochs, patience=cfg.patience,
+                       batch_size=batch_size(cfg, run.dataset))
+
+
+def run_rows(run: Run, cfg: NetConfig, data: datasets.DataSet, lr: float,
+             checkpoint: Path | None, device=None, progress: bool = False,
+             on_epoch=None) -> list[dict]:
+    """Train one run (resuming from its checkpoint) and return its CSV rows."""
+    model = build_model(run, data, run.seed, device)
+    state = train(model, data, spec_of(run, cfg), train_config(cfg, run, lr), run.seed,
+                  checkpoint, device, progress, desc=run.cell_id, on_epoch=on_epoch)
+    fixed = {"model": run.model, "dataset": run.dataset, "width": run.width,
+             "gradient": run.gradient, "k": run.k, "mode": cfg.mode,
+             "perturbation": cfg.perturbation, "seed": run.seed, "lr": lr,
+             "status": state.status}
+    return [{**fixed, **row} for row in state.history]
+
+
+# Fields that name the sweep (they are CSV columns) or say where things live: left out of the
+# manifest's config, so runs of one sweep point (SLURM array tasks) can share a directory.
+SWEEP_FIELDS = ("models", "datasets", "widths", "gradients", "seeds", "data_root", "download",
+                "lr_table")
+
+
+def config_record(cfg: NetConfig) -> Mapping:
+    """The manifest's config: the fields that change a run's numbers for a given sweep point."""
+    record = dataclasses.asdict(cfg)
+    for name in SWEEP_FIELDS:
+        record.pop(name)
+    return record
+
+
+# Presets of both experiments (the scripts and the LR-search tasks share them).
+SMOKE_FC_GRADIENTS = ("bp", "fg-mean:1", "frog:2")
+PRESETS = {
+    "fc_mnist": {
+        # seconds: plumbing check on 256 real digits at a fixed rate (no LR table needed)
+        "smoke": NetConfig(datasets=("mnist5k",), widths=(32,), gradients=SMOKE_FC_GRADIENTS,
+                           seeds=(0,), max_epochs=2, train_limit=256, eval_limit=128, lr=0.05),
+        # honest but reduced: 5000 offline digits (3500 train), widths 256 and 1024, few epochs
+        "cpu": NetConfig(datasets=("mnist5k",), widths=(256, 1024), max_epochs=20,
+                         search_epochs=5),
+        # the paper: full MNIST, three widths, 200 epochs with early stopping
+        "paper": NetConfig(datasets=("mnist",), widths=(256, 1024, 4096)),
+    },
+    "resnet_vit": {
+        "smoke": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",),
+                           gradients=("bp", "frog:2"), seeds=(0,), max_epochs=1, train_limit=32,
+                           eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv"),
+        # honest but reduced (a ViT epoch on 500 images takes about a minute on one CPU core):
+        # one seed, 500 offline training digits, 250 validation and 250 test digits, 3 epochs
+        "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), seeds=(0,),
+                         max_epochs=3, train_limit=500, eval_limit=250, search_epochs=1,
+                         lr_table="results/lrs/resnet_vit.csv"),
+        # the paper: both models on MNIST and CIFAR-10, 200 epochs (LR search: at most 50)
+        "paper": NetConfig(models=("resnet18", "vit"), datasets=("mnist", "cifar10"),
+                           search_epochs=50, lr_table="results/lrs/resnet_vit.csv"),
+    },
+}

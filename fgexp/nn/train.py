@@ -1,0 +1,168 @@
+"""Training: plain SGD (no momentum, no weight decay) at a constant learning rate, with early
+stopping, divergence detection, per-epoch evaluation and a checkpoint at each epoch end.
+
+`epochs(...)` is the loop, a generator of one history row per epoch (the LR search consumes
+it directly); `train(...)` adds checkpoints, resume and a progress bar around it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fgexp.directional import GradientSpec
+from fgexp.nn.data import DataSet, Split, batches
+
+STATUSES = ("completed", "early_stopped", "diverged")  # max_epochs reached, patience, NaN/loss>10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float                    # constant SGD learning rate
+    max_epochs: int = 200        # paper: 200
+    patience: int = 10           # epochs without validation-loss improvement before stopping
+    batch_size: int = 64         # paper: 64 for MNIST, 128 for CIFAR-10
+    eval_batch_size: int = 1024  # evaluation only; does not change results
+    diverge_loss: float = 10.0   # a training-batch or validation loss above this (or NaN) stops
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("max_epochs, patience and batch_size must be >= 1")
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the model weights."""
+    epoch: int = 0                                       # epochs finished
+    history: list[dict] = field(default_factory=list)    # one row per finished epoch
+    best_val: float = math.inf
+    bad_epochs: int = 0                                  # epochs since best_val improved
+    status: str | None = None                            # a STATUSES entry once the run ended
+
+
+def is_bad(loss: float, limit: float) -> bool:
+    return not math.isfinite(loss) or loss > limit
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, batch_size: int, device=None):
+    """Mean cross-entropy and accuracy over a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y in batches(split, batch_size, device=device):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return loss_sum / len(split), correct / len(split)
+
+
+def next_state(state: TrainState, row: dict, diverged: bool, cfg: TrainConfig) -> TrainState:
+    """Pure bookkeeping after an epoch: history, best validation loss, patience, status."""
+    improved = row["val_loss"] < state.best_val
+    bad = 0 if improved else state.bad_epochs + 1
+    status = ("diverged" if diverged or is_bad(row["val_loss"], cfg.diverge_loss)
+              else "early_stopped" if bad >= cfg.patience
+              else "completed" if state.epoch + 1 >= cfg.max_epochs else None)
+    return TrainState(state.epoch + 1, [*state.history, row],
+                      row["val_loss"] if improved else state.best_val, bad, status)
+
+
+def train_epoch(model, split: Split, spec: GradientSpec, optimizer, cfg: TrainConfig,
+                batch_gen, tangent_gen, device, set_gradients, bar=None) -> bool:
+    """One pass over the training split; True if it diverged (and stopped early)."""
+    model.train()
+    for x, y in batches(split, cfg.batch_size, batch_gen, device):
+        optimizer.zero_grad(set_to_none=True)
+        loss = float(set_gradients(model, x, y, spec, generator=tangent_gen))
+        if is_bad(loss, cfg.diverge_loss):
+            return True
+        optimizer.step()
+        if bar is not None:
+            bar.update(len(y))
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    return False
+
+
+def epochs(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int,
+           state: TrainState | None = None, device=None, bar=None,
+           gens: tuple | None = None) -> Iterator[tuple[dict, TrainState, tuple]]:
+    """The training loop: yields (epoch row, state, (batch_gen, tangent_gen)) after each epoch.
+
+    The seed drives batch order and tangents (the caller seeds the model's initialization);
+    pass `state` and `gens` of a checkpoint to resume.
+    """
+    from fgexp.nn.gradients import set_gradients
+    state = state or TrainState()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=0.0)
+    batch_gen, tangent_gen = gens or seeded_generators(seed, device)
+    while state.status is None:
+        start = time.perf_counter()
+        diverged = train_epoch(model, data.train, spec, optimizer, cfg, batch_gen, tangent_gen,
+                               device, set_gradients, bar)
+        row = {"epoch": state.epoch + 1}
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+            row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(model, split,
+                                                               cfg.eval_batch_size, device)
+        row["epoch_seconds"] = time.perf_counter() - start
+        state = next_state(state, row, diverged, cfg)
+        yield row, state, (batch_gen, tangent_gen)
+
+
+def seeded_generators(seed: int, device=None) -> tuple[torch.Generator, torch.Generator]:
+    """Independent streams for batch order (CPU) and tangents (on the model's device)."""
+    batch_gen = torch.Generator().manual_seed(seed)
+    tangent_gen = torch.Generator(device=device or "cpu").manual_seed(10_000 + seed)
+    return batch_gen, tangent_gen
+
+
+def save_checkpoint(path: Path, model, state: TrainState, gens) -> None:
+    """Atomic torch.save of weights (incl. BatchNorm buffers), state and generator states."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "state": vars(state),
+                "gens": [g.get_state() for g in gens]}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, seed: int, device=None):
+    """(state, gens) from a checkpoint (weights loaded into `model`), or (None, None)."""
+    if not path.exists():
+        return None, None
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    gens = seeded_generators(seed, device)
+    for g, s in zip(gens, ckpt["gens"]):
+        g.set_state(s.cpu())
+    return TrainState(**ckpt["state"]), gens
+
+
+def train(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int,
+          checkpoint: Path | None = None, device=None, progress: bool = False,
+          desc: str = "", on_epoch: Callable[[dict], None] | None = None) -> TrainState:
+    """Train to the end (or resume from `checkpoint`); returns the final state and history.
+
+    `on_epoch(row)` runs after each checkpoint is written (tests use it to interrupt a run).
+    """
+    from tqdm import tqdm
+    state, gens = load_checkpoint(Path(checkpoint), model, seed, device) if checkpoint else (None, None)
+    if state is not None and state.status is not None:
+        return state
+    total = cfg.max_epochs * len(data.train)
+    with tqdm(total=total, initial=(state.epoch if state else 0) * len(data.train), desc=desc,
+              unit="img", disable=not progress, leave=False) as bar:
+        for row, state, gens in epochs(model, data, spec, cfg, seed, state, device, bar, gens):
+            if checkpoint:
+                save_checkpoint(Path(checkpoint), model, state, gens)
+            if on_epoch is not None:
+                on_epoch(row)
+    return state
