@@ -103,3 +103,46 @@ def table_c(results_dir, figures_dir):
     source = plots.provenance(results_dir / "closed_form.manifest.json")
     atomic_write_text(md_path, plots.markdown_table(table, "{:.3g}") + f"\n_{source}_\n")
     return [csv_path, md_path]
+
+
+# Network experiments (Sections 4.4 and 4.5)
+
+def _network_frame(results_dir, name):
+    """The CSV and a title note: reduced runs (any preset but paper) say so on the figure."""
+    import json
+
+    import pandas as pd
+    df = pd.read_csv(results_dir / f"{name}.csv")
+    manifest = results_dir / f"{name}.manifest.json"
+    preset = json.loads(manifest.read_text()).get("preset") if manifest.exists() else None
+    note = "" if preset == "paper" else f" - REDUCED RUN (preset {preset}), not the paper's setting"
+    return df, note
+
+
+@builder("figure6", "fc_mnist.csv")
+def figure6(results_dir, figures_dir):
+    """Figure 6: best test error vs width per gradient; test-loss curves at width 1024."""
+    from fgexp import plots
+    df, note = _network_frame(results_dir, "fc_mnist")
+    fig = plots.figure6(df, curve_width=1024, note=note)
+    plots.stamp(fig, plots.provenance(results_dir / "fc_mnist.manifest.json"))
+    return plots.save(fig, figures_dir, "figure6")
+
+
+@builder("table-networks", "resnet_vit.csv")
+def table_networks(results_dir, figures_dir):
+    """ResNet18/ViT table: minimum test error per model, data set and gradient (CSV + markdown)."""
+    from pathlib import Path
+
+    from fgexp import plots
+    from fgexp.results import atomic_write_text
+    df, note = _network_frame(results_dir, "resnet_vit")
+    table = plots.table_networks(df)
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = figures_dir / "table_networks.csv", figures_dir / "table_networks.md"
+    atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4g"))
+    source = plots.provenance(results_dir / "resnet_vit.manifest.json")
+    atomic_write_text(md_path, "Minimum test error (%), mean ± std over seeds (n runs)"
+                      f"{note}\n\n" + plots.table_networks_markdown(table) + f"\n{source}\n")
+    return [csv_path, md_path]
