@@ -220,6 +220,36 @@ def figure5a(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
+    """Network training steps: time and peak memory as ratios to bp, one panel row per model."""
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 0.28 * len(df) + 1.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [int((df["model"] == m).sum())
+                                                            for m in models]})
+    for row_axes, model in zip(axes, models):
+        sub = df[df["model"] == model]
+        labels = list(sub["method"])
+        y = range(len(labels))
+        for ax, column, title in ((row_axes[0], "time_ratio_to_bp", "seconds per step / bp"),
+                                  (row_axes[1], "memory_ratio_to_bp", "peak memory / bp")):
+            colours = ["black" if m == "bp" else "tab:red" if "frog" in m else
+                       "0.6" if m.startswith(("loop", "draw")) else "tab:blue" for m in labels]
+            ax.barh(list(y), sub[column], color=colours)
+            ax.axvline(1.0, color="black", lw=0.8, ls="--")
+            ax.set_yticks(list(y), labels if ax is row_axes[0] else [""] * len(labels),
+                          fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xscale("log")
+            ax.grid(axis="x", alpha=0.3)
+            batch = sub["batch"].iloc[0]
+            ax.set_title(f"{model}, batch {batch}: {title}", fontsize=9)
+    device = df["device"].iloc[0] if "device" in df else "?"
+    fig.suptitle(f"Training-step cost relative to backprop (median of repetitions; {device})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # ---- Figures 4 and 5b, Appendix C table: closed-form functions (Sections 4.2 and 4.3) -----
 
 CF_FUNCTIONS = ("sphere", "rosenbrock", "styblinski-tang")

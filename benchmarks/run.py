@@ -1,0 +1,73 @@
+"""Run the benchmark suites and write results/benchmarks/<suite>.csv (make bench).
+
+Each suite is a module benchmarks/<suite>.py with `run(quick: bool) -> list[dict]`: one row per
+case with medians and spreads over repetitions taken after a warm-up, and ratios measured in the
+same run. This driver adds the machine, torch version, thread count and device to every row.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "experiments"))
+SUITES = ("approximation", "descent", "nn_steps")
+
+
+def machine_columns() -> dict:
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
+    return {"machine": platform.node(), "device": device, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="spot checks (under 2 minutes)")
+    parser.add_argument("--only", choices=SUITES, action="append",
+                        help="run only this suite (repeatable)")
+    parser.add_argument("--out", default="results/benchmarks", help="directory for the CSVs")
+    parser.add_argument("--figures", default="paper_figures", help="directory for the plot")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)),
+                        help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    from fgexp.results import ResultsError, RunDir, rows_to_csv, atomic_write_text
+    out = Path(args.out)
+    try:
+        RunDir(out, "benchmarks", {}, ["x"], ["x"]).check()
+    except ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    common = machine_columns()
+    for suite in args.only or SUITES:
+        start = time.perf_counter()
+        rows = importlib.import_module(suite).run(quick=args.quick)
+        rows = [{**common, **row} for row in rows]
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        path = out / f"{suite}.csv"
+        atomic_write_text(path, rows_to_csv(rows, columns))
+        print(f"{suite}: {len(rows)} cases in {time.perf_counter() - start:.0f} s -> {path}")
+    nn_csv = out / "nn_steps.csv"
+    if nn_csv.exists():
+        import pandas as pd
+        from fgexp import plots
+        fig = plots.benchmark_steps(pd.read_csv(nn_csv))
+        for path in plots.save(fig, args.figures, "benchmark_steps"):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
