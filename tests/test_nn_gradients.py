@@ -14,12 +14,9 @@ from fgexp.nn.models import BlockModel, build
 def tiny(name):
     """Small versions of the real models, and a batch for them."""
     torch.manual_seed(0)
-    if name == "fc":
-        model, shape = build("fc", in_channels=1, image_size=6, num_classes=5, width=12), (4, 1, 6, 6)
-    elif name == "vit":
-        model, shape = build("vit", in_channels=1, image_size=8, num_classes=5, width=16), (3, 1, 8, 8)
-    else:
-        model, shape = build("resnet18", in_channels=1, image_size=16, num_classes=5), (2, 1, 16, 16)
+    width, shape = {"fc": (12, (4, 1, 6, 6)), "vit": (16, (3, 1, 8, 8)),
+                    "resnet18": (None, (2, 1, 16, 16))}[name]
+    model = build(name, in_channels=1, image_size=shape[-1], num_classes=5, width=width)
     return model, torch.randn(shape), torch.randint(0, 5, shape[:1])
 
 
@@ -233,6 +230,10 @@ def test_bad_input():
     plain = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
     with pytest.raises(ValueError, match=r"\.blocks"):
         set_gradients(plain, x, y, GradientSpec("fg-mean", perturbation="activity"))
+    model.temperature = nn.Parameter(torch.ones(()))  # trainable but in no block
+    with pytest.raises(ValueError, match="outside .blocks: temperature"):
+        set_gradients(model, x, y, GradientSpec("fg-mean", perturbation="activity"))
+    del model.temperature
     with pytest.raises(ValueError, match="scheme"):
         set_gradients(model, x, y, GradientSpec("fg-mean", perturbation="activity"),
                       activity_tangents="per-block")

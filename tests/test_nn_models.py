@@ -35,7 +35,8 @@ def test_resnet18_blocks_and_one_channel_stem():
     assert sum(p.numel() for p in model.parameters()) == 11_181_642 - 2 * 64 * 49
     x = torch.randn(2, 1, 16, 16)
     assert torch.equal(model(x), chained(model, x))
-    assert build("resnet18", in_channels=3, image_size=32, num_classes=10).blocks[0][0].in_channels == 3
+    rgb = build("resnet18", in_channels=3, image_size=32, num_classes=10)
+    assert rgb.blocks[0][0].in_channels == 3
 
 
 def test_vit_shape_and_blocks():

@@ -107,10 +107,17 @@ def _resolve_scheme(model: nn.Module, scheme: str | None) -> str:
     if not hasattr(model, "blocks"):
         raise ValueError(f"activity perturbation needs a model with .blocks (a BlockModel from "
                          f"fgexp.nn.models.build); {type(model).__name__} has none")
+    in_blocks = {id(p) for p in model.blocks.parameters()}
+    outside = [name for name, p in model.named_parameters()
+               if p.requires_grad and id(p) not in in_blocks]
+    if outside:
+        raise ValueError(f"activity perturbation needs every trainable parameter inside a block; "
+                         f"outside .blocks: {', '.join(outside[:3])}")
     if scheme is None:
         return activity_scheme(model)
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown activity tangent scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+        raise ValueError(f"unknown activity tangent scheme {scheme!r}; "
+                         f"allowed: {', '.join(SCHEMES)}")
     if scheme == "shared" and couples_examples(model):
         raise ValueError("shared activity tangents are biased for a model whose BatchNorm layers "
                          "are in train mode; use 'independent' (the default for such models)")
@@ -163,7 +170,8 @@ def _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn):
 
 # Activity perturbation
 
-def shared_aggregate(tangents_kxn: torch.Tensor, jvps_bxk: torch.Tensor, method: str) -> torch.Tensor:
+def shared_aggregate(tangents_kxn: torch.Tensor, jvps_bxk: torch.Tensor,
+                     method: str) -> torch.Tensor:
     """aggregate() for B derivative vectors sharing one tangent set: (k, n), (B, k) -> (B, n).
 
     Every aggregation is linear in the derivatives, so the estimates for the k unit vectors
@@ -271,8 +279,9 @@ def _local_vjps(model, tensors, activity_grads, recompute: bool):
     alone, since only its parameters are asked for), or, with recompute, block l's saved input:
     the block is recomputed from it, which also updates BatchNorm statistics once per step.
     """
+    names = {id(p): name for name, p in model.named_parameters()}
     grads = {}
-    for index, (block, out, g) in enumerate(zip(model.blocks, tensors, activity_grads)):
+    for block, out, g in zip(model.blocks, tensors, activity_grads):
         params = _block_params(block)
         if not params:
             continue
@@ -280,7 +289,7 @@ def _local_vjps(model, tensors, activity_grads, recompute: bool):
             if recompute:
                 out = block(out.detach())
             local = torch.autograd.grad(out, list(params.values()), g, retain_graph=not recompute)
-        grads.update({f"blocks.{index}.{name}": t for name, t in zip(params, local)})
+        grads.update({names[id(p)]: t for p, t in zip(params.values(), local)})
     return grads
 
 

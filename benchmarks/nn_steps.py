@@ -1,0 +1,271 @@
+"""Per-step cost of network gradients: bp vs forward gradients (weight and activity perturbation).
+
+Rows: one per (model, batch, method) with the median wall time of one set_gradients step over
+repetitions taken after a warm-up, its interquartile range, the median CPU time of this process
+(less disturbed by other processes on a shared machine), the peak extra memory of one step, and
+both as ratios to bp measured in the same run. Methods are labelled
+`bp`, `<mode>-<perturbation>-<aggregation>-k<k>` (e.g. forward-activity-frog-k16), plus two
+references for FC-1024 weight perturbation: `loop-weight-mean-k<k>` (one jvp pass per tangent,
+the authors' scheme) and `draw-normal-k<k>` (only drawing the k x 1.9M normal numbers).
+
+Peak memory: on CUDA, torch.cuda.max_memory_allocated minus the allocation before the step. On
+CPU, the growth of this process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
+over its resident set before the step, with glibc's mmap threshold pinned at 64 KiB and the
+free heap trimmed before the step, so that freed tensors go back to the system instead of
+staying cached; it counts every tensor a step allocates (activations, tangents, gradients) plus
+allocator overhead. Gradients are cleared before the measured step, so every method allocates
+its own.
+
+    python benchmarks/nn_steps.py [--quick] [--csv PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, jvp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fgexp import tangents as tangent_samplers  # noqa: E402
+from fgexp.aggregate import aggregate  # noqa: E402
+from fgexp.directional import GradientSpec, flat_size, unflatten  # noqa: E402
+from fgexp.nn.gradients import batch_loss_fn, set_gradients  # noqa: E402
+from fgexp.nn.models import build  # noqa: E402
+
+AGGREGATIONS = {"mean": "fg-mean", "frog": "frog"}
+
+
+def _device_for(model: str) -> torch.device:
+    # FC-1024 is the CPU reference of the issue; the convolutional and attention models use a
+    # GPU when there is one.
+    if model != "fc" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _malloc_threshold(size: int) -> None:
+    """glibc only: pin the mmap threshold (M_MMAP_THRESHOLD) and trim the free heap.
+
+    Small (64 KiB) while measuring memory, so freed tensors leave the resident set; 32 MiB (the
+    ceiling glibc's own adaptive threshold reaches) while timing, since an mmap per tensor would
+    add page faults that an ordinary run does not pay.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, size)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(fn, device: torch.device) -> float:
+    """Peak extra bytes of one call of fn (NaN where it cannot be measured)."""
+    gc.collect()
+    _malloc_threshold(64 * 1024)
+    try:
+        return _peak_memory(fn, device)
+    finally:
+        _malloc_threshold(32 * 2**20)
+
+
+def _peak_memory(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return float(torch.cuda.max_memory_allocated(device) - before)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+        before = _status_kib("VmRSS")
+        fn()
+        return float((_status_kib("VmHWM") - before) * 1024)
+    except OSError:
+        return float("nan")
+
+
+def time_steps(fn, device: torch.device, warmup: int, repetitions: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repetitions):
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        _sync(device)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    q25, _, q75 = statistics.quantiles(walls, n=4) if len(walls) > 1 else (walls[0],) * 3
+    return {"seconds_per_step": statistics.median(walls), "seconds_q25": q25, "seconds_q75": q75,
+            "cpu_seconds_per_step": statistics.median(cpus), "repetitions": repetitions}
+
+
+def loop_baseline(model, inputs, targets, k: int, generator) -> None:
+    """The authors' scheme: one forward-mode pass per tangent, one tangent drawn at a time."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    loss = batch_loss_fn(torch.nn.functional.cross_entropy, targets)
+    n = flat_size(params)
+    estimate = torch.zeros(n, device=inputs.device)
+    with torch.no_grad():
+        for _ in range(k):
+            v_n = torch.randn(n, generator=generator, device=inputs.device)
+            _, d = jvp(lambda p: loss(functional_call(model, p, (inputs,))), (params,),
+                       (unflatten(v_n, params),))
+            estimate += d * v_n / k
+    for (name, p), g in zip(model.named_parameters(), unflatten(estimate, params).values()):
+        p.grad = g
+
+
+def _setup(model_name: str, batch: int, device: torch.device):
+    torch.manual_seed(0)
+    width = 1024 if model_name == "fc" else None
+    model = build(model_name, in_channels=1, image_size=28, num_classes=10, width=width)
+    model = model.to(device).train()
+    inputs = torch.randn(batch, 1, 28, 28, device=device)
+    targets = torch.randint(0, 10, (batch,), device=device)
+    return model, inputs, targets
+
+
+def _methods(model_name: str, quick: bool) -> list[tuple[str, object]]:
+    """(label, GradientSpec or ('loop'|'draw', k)) for one model."""
+    if quick:
+        return _quick_methods(model_name)
+    methods = [("bp", GradientSpec("bp"))]
+    for perturbation in ("activity", "weight"):
+        for k in (1, 4, 16):
+            if model_name == "resnet18" and perturbation == "weight" and k > 4:
+                continue  # 16 x 11M tangent entries per step: the draw alone dominates
+            for aggregation, gradient in AGGREGATIONS.items():
+                label = f"forward-{perturbation}-{aggregation}-k{k}"
+                methods.append((label, GradientSpec(gradient, k=k, perturbation=perturbation)))
+        k_sim = 16 if perturbation == "activity" or model_name != "resnet18" else 4
+        spec = GradientSpec("frog", k=k_sim, perturbation=perturbation, mode="simulated")
+        methods.append((f"simulated-{perturbation}-frog-k{k_sim}", spec))
+    if model_name == "fc":
+        for k in (1, 4, 16):
+            methods.append((f"loop-weight-mean-k{k}", ("loop", k)))
+            methods.append((f"draw-normal-k{k}", ("draw", k)))
+    return methods
+
+
+def _quick_methods(model_name: str) -> list[tuple[str, object]]:
+    """Spot checks: the activity goals on FC, one forward case per other model."""
+    if model_name != "fc":
+        return [("bp", GradientSpec("bp")),
+                ("forward-activity-mean-k4", GradientSpec("fg-mean", k=4, perturbation="activity"))]
+    return [("bp", GradientSpec("bp")),
+            ("forward-activity-mean-k1", GradientSpec("fg-mean", k=1, perturbation="activity")),
+            ("forward-activity-frog-k16", GradientSpec("frog", k=16, perturbation="activity")),
+            ("forward-weight-mean-k4", GradientSpec("fg-mean", k=4)),
+            ("loop-weight-mean-k4", ("loop", 4)),
+            ("draw-normal-k4", ("draw", 4))]
+
+
+def _step_fn(method, model, inputs, targets, generator):
+    if isinstance(method, GradientSpec):
+        return lambda: set_gradients(model, inputs, targets, method, generator)
+    kind, k = method
+    if kind == "loop":
+        return lambda: loop_baseline(model, inputs, targets, k, generator)
+    n = sum(p.numel() for p in model.parameters())
+    return lambda: tangent_samplers.sample("normal", (), k, n, generator, device=inputs.device)
+
+
+def _describe(method) -> dict:
+    if isinstance(method, GradientSpec):
+        return {"gradient": method.gradient, "k": method.k, "mode": method.mode,
+                "perturbation": "" if method.is_exact else method.perturbation}
+    kind, k = method
+    return {"gradient": "fg-mean" if kind == "loop" else "", "k": k, "mode": kind,
+            "perturbation": "weight"}
+
+
+def bench_model(model_name: str, batch: int, quick: bool) -> list[dict]:
+    device = _device_for(model_name)
+    model, inputs, targets = _setup(model_name, batch, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    warmup, repetitions = (1, 3) if quick else (2, 11)
+    if model_name == "fc":
+        repetitions = 5 if quick else 21
+    rows = []
+    _malloc_threshold(32 * 2**20)
+    for label, method in _methods(model_name, quick):
+        fn = _step_fn(method, model, inputs, targets, generator)
+        timing = time_steps(fn, device, warmup, repetitions)
+        model.zero_grad(set_to_none=True)
+        memory = peak_memory(fn, device)
+        rows.append({"model": model_name if model_name != "fc" else "fc-1024", "batch": batch,
+                     "method": label, **_describe(method), **timing,
+                     "peak_memory_bytes": memory, "device": device.type})
+    bp = rows[0]
+    for row in rows:
+        row["time_ratio_to_bp"] = row["seconds_per_step"] / bp["seconds_per_step"]
+        row["cpu_time_ratio_to_bp"] = row["cpu_seconds_per_step"] / bp["cpu_seconds_per_step"]
+        row["memory_ratio_to_bp"] = row["peak_memory_bytes"] / bp["peak_memory_bytes"]
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """FC-1024 at batch 64 on CPU, ResNet18 and ViT at a small batch (CUDA when present)."""
+    small = 4 if quick else 32
+    rows = bench_model("fc", 64, quick)
+    for model_name in ("resnet18", "vit"):
+        rows += bench_model(model_name, small, quick)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'model':10} {'batch':>5} {'method':28} {'ms/step':>9} {'IQR ms':>13} "
+             f"{'x bp':>6} {'cpu x bp':>8} {'peak MiB':>9} {'mem x bp':>8}"]
+    for r in rows:
+        iqr = f"{r['seconds_q25'] * 1e3:.1f}-{r['seconds_q75'] * 1e3:.1f}"
+        lines.append(f"{r['model']:10} {r['batch']:>5} {r['method']:28} "
+                     f"{r['seconds_per_step'] * 1e3:9.1f} {iqr:>13} {r['time_ratio_to_bp']:6.2f} "
+                     f"{r['cpu_time_ratio_to_bp']:8.2f} {r['peak_memory_bytes'] / 2**20:9.1f} "
+                     f"{r['memory_ratio_to_bp']:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
+    parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    rows = run(args.quick)
+    print(table(rows))
+    if args.csv:
+        import pandas as pd
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
