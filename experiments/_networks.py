@@ -44,7 +44,28 @@ def parser(description: str, presets: dict, name: str):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--checkpoints", help="per-run checkpoint directory (default "
                                          f"scratch/checkpoints/{name}); deleted when a run ends")
+    p.add_argument("--list-runs", action="store_true",
+                   help="print one line of arguments per run (a SLURM array list), then exit")
     return p
+
+
+def run_lines(args, cfg, runs) -> list[str]:
+    """One argument line per run: the preset, the run's sweep point and the passed-through
+    options (for slurm/submit_array.sh; labels come from the values)."""
+    import shlex
+    keep = []
+    for flag, value in (("--out", args.out), ("--data-root", args.data_root),
+                        ("--lr-table", args.lr_table), ("--epochs", args.max_epochs),
+                        ("--mode", args.mode), ("--perturbation", args.perturbation)):
+        if value is not None:
+            keep += [flag, str(value)]
+    lines = []
+    for r in runs:
+        point = ["--preset", args.preset, "--models", r.model, "--datasets", r.dataset,
+                 *(["--widths", str(r.width)] if r.width else []),
+                 "--gradients", r.gradient + (f":{r.k}" if r.k else ""), "--seeds", str(r.seed)]
+        lines.append(shlex.join([*point, *keep]))
+    return lines
 
 
 def config_from(args, preset):
@@ -81,11 +102,14 @@ def run(argv, description: str, presets: dict, name: str) -> int:
     from fgexp.results import RunDir
     cfg = config_from(args, presets[args.preset])
     nets.validate(cfg)
+    if args.list_runs:
+        print("\n".join(run_lines(args, cfg, nets.runs(cfg))))
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rd = RunDir(args.out, name, {**nets.config_record(cfg), "preset": args.preset},
                 nets.COLUMNS, nets.KEY_COLUMNS).check()
     todo = [r for r in nets.runs(cfg) if r.cell_id not in rd.done()]
-    lrs = nets.learning_rates(cfg, name, todo)
+    lrs = nets.learning_rates(cfg, f"{name}:{args.preset}", todo)
     data = {d: nets.load_data(cfg, d) for d in dict.fromkeys(r.dataset for r in todo)}
     ckpt_dir = Path(args.checkpoints or f"scratch/checkpoints/{name}")
     with locked(rd.dir / f".{name}.lock"):

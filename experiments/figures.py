@@ -124,7 +124,9 @@ def figure6(results_dir, figures_dir):
     """Figure 6: best test error vs width per gradient; test-loss curves at width 1024."""
     from fgexp import plots
     df, note = _network_frame(results_dir, "fc_mnist")
-    fig = plots.figure6(df, curve_width=1024, note=note)
+    widths = sorted(df["width"].dropna().astype(int).unique())
+    curve_width = 1024 if 1024 in widths else widths[-1]  # reduced runs may lack 1024
+    fig = plots.figure6(df, curve_width=curve_width, note=note)
     plots.stamp(fig, plots.provenance(results_dir / "fc_mnist.manifest.json"))
     return plots.save(fig, figures_dir, "figure6")
 
