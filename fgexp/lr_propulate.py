@@ -16,6 +16,7 @@ import logging
 import math
 import pickle
 import random
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from fgexp.lr_search import (Task, check_limits, check_writable_dir, extract_bes
 
 LIMIT_NAME = "lr_log10"  # the one searched parameter
 CHECKPOINT = "island_0_ckpt.pickle"  # Propulate's checkpoint file for island 0
+BACKUP = "island_0_ckpt.bkp"         # the previous checkpoint, kept by Propulate
 
 
 @dataclass(frozen=True)
@@ -154,11 +156,33 @@ def check_checkpoint(path: Path, config: PropulateConfig) -> None:
 
 def saved_population(path: Path) -> list:
     """Evaluated individuals in a checkpoint directory (empty when there is none)."""
-    for name in (CHECKPOINT, CHECKPOINT.replace(".pickle", ".bkp")):
+    for name in (CHECKPOINT, BACKUP):
         if (path / name).is_file():
             with open(path / name, "rb") as fh:
                 return pickle.load(fh)
     return []
+
+
+def repair_checkpoint(path: Path) -> None:
+    """Fall back to Propulate's backup when a kill cut the checkpoint short mid-write.
+
+    Propulate writes the checkpoint in place (after moving the old one to .bkp) and only
+    tolerates OSError when loading it, so a truncated file would stop every resume.
+    """
+    current = path / CHECKPOINT
+    if not current.is_file():
+        return
+    try:
+        with open(current, "rb") as fh:
+            pickle.load(fh)
+    except (EOFError, pickle.UnpicklingError, ValueError, AttributeError):
+        backup = path / BACKUP
+        if backup.is_file():
+            shutil.copyfile(backup, current)
+        else:
+            current.unlink()
+        print(f"warning: {current} was incomplete; resuming from "
+              f"{'its backup' if backup.is_file() else 'scratch'}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +253,7 @@ def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm) 
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
         (path / "search.json").write_text(json.dumps(config.fingerprint()) + "\n")
+        repair_checkpoint(path)
     comm.barrier()
     _route_logs(path, rank)
     rng = random.Random(config.seed + rank)

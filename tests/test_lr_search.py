@@ -273,3 +273,20 @@ def test_generations_count_per_rank():
     assert PropulateConfig(evaluations=9).generations(2) == 5
     with pytest.raises(ValueError, match="lo < hi"):
         PropulateConfig(lo=1.0, hi=1.0).validate()
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_propulate_resumes_after_a_kill_mid_checkpoint(tmp_path):
+    """A truncated checkpoint falls back to Propulate's backup, which may lack a rank's runs."""
+    common = [*TINY, "--backend", "propulate", "--ranks", "2", "--seeds", "0",
+              "--checkpoints", tmp_path / "ck", "--lr-dir", tmp_path / "lrs"]
+    assert run_script(*common, "--evaluations", "4", mpi_ranks=2).returncode == 0
+    (ckpt,) = (tmp_path / "ck" / "closed_form_smoke").glob("*/island_0_ckpt.pickle")
+    assert ckpt.with_suffix(".bkp").is_file()
+    ckpt.write_bytes(ckpt.read_bytes()[:40])  # the kill came while the file was written
+    resumed = run_script(*common, "--evaluations", "8", mpi_ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was incomplete; resuming from its backup" in resumed.stderr
+    (found,) = read_table(tmp_path / "lrs" / "closed_form_smoke.csv")
+    assert found["evaluations"] == "8"
