@@ -215,9 +215,9 @@ PRESETS = {
                            gradients=("bp", "frog:2"), seeds=(0,), max_epochs=1, train_limit=32,
                            eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv"),
         # honest but reduced (a ViT epoch on 500 images takes about a minute on one CPU core):
-        # one seed, 500 offline training digits, 250 validation and 250 test digits, 3 epochs
+        # one seed, 500 offline training digits, 250 validation and 250 test digits, 2 epochs
         "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), seeds=(0,),
-                         max_epochs=3, train_limit=500, eval_limit=250, search_epochs=1,
+                         max_epochs=2, train_limit=500, eval_limit=250, search_epochs=1,
                          lr_table="results/lrs/resnet_vit.csv"),
         # the paper: both models on MNIST and CIFAR-10, 200 epochs (LR search: at most 50)
         "paper": NetConfig(models=("resnet18", "vit"), datasets=("mnist", "cifar10"),
