@@ -471,6 +471,10 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
         rows = summary[(summary["gradient"] == g) & (summary["k"] == k)].sort_values("width")
         color = variant_color(g, k, ks)
         n = "/".join(str(v) for v in sorted(rows["n"].unique()))
+        runs_gk = df[(df["gradient"] == g) & (df["k"] == k)]
+        diverged = runs_gk[runs_gk["status"] == "diverged"].groupby(
+            [c for c in RUN_KEYS if c in df.columns]).ngroups
+        n += f", {diverged} diverged" if diverged else ""
         left.errorbar(rows["width"], rows["test_error_pct"],
                       yerr=[rows["test_error_pct"] - rows["min_pct"],
                             rows["max_pct"] - rows["test_error_pct"]],
@@ -484,12 +488,15 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     left.set_xscale("log", base=2)
     left.set_xticks(widths, [str(w) for w in widths])
     left.set_yscale("log")
+    left.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.tick_params(axis="y", which="minor", labelsize=7)
     left.set_xlabel("hidden layer width")
     left.set_ylabel("best test error (%)  [mean over seeds, bars: min-max]")
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=7, loc="best")
     right.set_xlabel("epoch")
-    right.set_ylabel(f"test loss, width {curve_width} (mean over seeds)")
+    right.set_ylabel(f"test loss, width {curve_width}\n(mean over the seeds still training)")
     right.set_yscale("log")
     right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right.grid(True, which="both", alpha=0.3)
