@@ -53,8 +53,9 @@ $(RESULTS)/approximation_quality.csv: | $(STAMP)
 	$(PY) experiments/approximation_quality.py --preset paper --out $(RESULTS)
 	$(PY) experiments/approximation_quality.py --preset paper --cone --out $(RESULTS)
 
-figure-3: $(RESULTS)/approximation_quality.csv ## Figure 3 (runs the paper preset if its CSV is missing)
+figure-3: $(RESULTS)/approximation_quality.csv ## Figures 3 and 5a (runs the paper preset if its CSV is missing)
 	$(PY) experiments/plot.py figure3 --results $(RESULTS) --figures $(FIGURES)
+	$(PY) experiments/plot.py figure5a --results $(RESULTS) --figures $(FIGURES)
 
 $(RESULTS)/closed_form.csv: | $(STAMP)
 	$(PY) experiments/closed_form.py --preset paper --out $(RESULTS)
