@@ -1,4 +1,5 @@
 import copy
+import functools
 
 import pytest
 import torch
@@ -11,13 +12,19 @@ from fgexp.nn.gradients import set_gradients
 from fgexp.nn.models import BlockModel, build
 
 
-def tiny(name):
-    """Small versions of the real models, and a batch for them."""
+@functools.lru_cache
+def _pristine(name):
     torch.manual_seed(0)
     width, shape = {"fc": (12, (4, 1, 6, 6)), "vit": (16, (3, 1, 8, 8)),
                     "resnet18": (None, (2, 1, 16, 16))}[name]
     model = build(name, in_channels=1, image_size=shape[-1], num_classes=5, width=width)
     return model, torch.randn(shape), torch.randint(0, 5, shape[:1])
+
+
+def tiny(name):
+    """Small versions of the real models (a fresh copy each time), and a batch for them."""
+    model, x, y = _pristine(name)
+    return copy.deepcopy(model), x, y
 
 
 def bn_mlp():
