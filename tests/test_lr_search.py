@@ -249,10 +249,9 @@ def test_mpi_refuses_unwritable_checkpoints_on_every_rank(tmp_path):
 
 @pytest.mark.mpi
 def test_propulate_two_ranks_near_grid_optimum_and_resumes(tmp_path):
-    grid = run_script(*TINY, "--seeds", "0", "--points-per-decade", "8", "--lr-dir",
-                      tmp_path / "grid")
-    assert grid.returncode == 0, grid.stderr
-    grid_lr = float(read_table(tmp_path / "grid" / "closed_form_smoke.csv")[0]["lr"])
+    task = lr_search.get_task("closed_form", max_steps=50, interim=10)  # TINY's task
+    grid_lr = lr_search.grid_search(task, task.settings()[0],
+                                    GridConfig(points_per_decade=8, seeds=(0,)))["lr"]
 
     common = [*TINY, "--backend", "propulate", "--ranks", "2", "--seeds", "0",
               "--checkpoints", tmp_path / "ck", "--lr-dir", tmp_path / "lrs"]

@@ -125,7 +125,7 @@ def test_array_element_runs_its_line_with_setting_names(tmp_path):
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "fake.log").read_text().splitlines()
     label = "closed_form-paper_function=sphere_n=8"
-    assert calls[0] == f"update JobId=78 JobName=lr_closed_form_{label}"
+    assert calls[0] == f"update JobId=77_1 JobName=lr_closed_form_{label}"
     assert calls[1] == ("srun --mpi=pmix python experiments/lr_search.py --task closed_form:paper "
                         "--select function=sphere --select n=8 --out x")
     link = tmp_path / "logs" / f"lr_closed_form_{label}.out"
@@ -155,27 +155,66 @@ def test_submitted_list_line_runs_a_real_search_through_array_sbatch(tmp_path):
     assert list((tmp_path / "ck" / "closed_form_smoke").glob("*/island_0_ckpt.pickle"))
 
 
-@pytest.mark.slurm
-def test_real_slurm_array_submission(tmp_path):
-    """Opt-in (make slurm-test): submit a two-element array to a running SLURM and wait."""
+def slurm_env(request, tmp_path: Path, **extra) -> dict:
+    """Settings for a local single-node SLURM (slurm/local_cluster.sh): CPU only, small."""
+    if "slurm" not in request.config.getoption("markexpr") or \
+            "not slurm" in request.config.getoption("markexpr"):
+        pytest.skip("opt-in: make slurm-test (pytest -m slurm)")
     if not shutil.which("sbatch") or subprocess.run(["sinfo"], capture_output=True).returncode:
-        pytest.skip("no reachable SLURM controller (sbatch/sinfo)")
+        pytest.skip("no reachable SLURM controller (sbatch/sinfo); see slurm/local_cluster.sh")
+    return {**os.environ, "OMP_NUM_THREADS": "1", "SBATCH": "sbatch", "FGEXP_PYTHON": sys.executable,
+            "FGEXP_VENV": str(VENV), "FGEXP_LOG_DIR": str(tmp_path / "logs"),
+            "FGEXP_LIST_DIR": str(tmp_path / "lists"), "FGEXP_LR_DIR": str(tmp_path / "lrs"),
+            "FGEXP_CHECKPOINTS": str(tmp_path / "ck"),
+            "FGEXP_PARTITION": os.environ.get("FGEXP_PARTITION", "debug"),
+            "FGEXP_GPUS_PER_TASK": os.environ.get("FGEXP_GPUS_PER_TASK", ""),
+            "FGEXP_CPUS_PER_TASK": os.environ.get("FGEXP_CPUS_PER_TASK", "1"),
+            "FGEXP_TIME_RUN": "00:10:00", "FGEXP_TIME_LR": "00:10:00", **extra}
+
+
+def wait_for(job: str, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                              text=True).stdout.strip():
+            return
+        time.sleep(2)
+    pytest.fail(f"SLURM job {job} still queued or running after {seconds} s")
+
+
+@pytest.mark.slurm
+def test_real_slurm_array_submission(request, tmp_path):
+    """Opt-in (make slurm-test): a two-element array of plain runs, job and log names."""
     runs = tmp_path / "runs.txt"
     runs.write_text("--task closed_form --list-settings\n--task closed_form:cone --list-settings\n")
-    env = {**os.environ, "FGEXP_LOG_DIR": str(tmp_path / "logs"),
-           "FGEXP_PARTITION": os.environ.get("FGEXP_PARTITION", "debug"), "FGEXP_VENV": str(VENV),
-           "FGEXP_SRUN_MPI": os.environ.get("FGEXP_SRUN_MPI", "none"), "SBATCH": "sbatch"}
+    env = slurm_env(request, tmp_path, FGEXP_SRUN_MPI=os.environ.get("FGEXP_SRUN_MPI", "none"))
     submit = subprocess.run(["bash", "slurm/submit_array.sh", "experiments/lr_search.py",
                              str(runs), "fgexp_test", "--parsable"], capture_output=True,
                             text=True, cwd=ROOT, env=env)
     assert submit.returncode == 0, submit.stderr
-    job = submit.stdout.strip().split(";")[0].split()[-1]
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        queue = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
-        if not queue.stdout.strip():
-            break
-        time.sleep(2)
-    logs = sorted((tmp_path / "logs").glob("fgexp_test_*_*.out"))
+    wait_for(submit.stdout.strip().split(";")[0])
+    logs = sorted((tmp_path / "logs").glob("fgexp_test_*.out"))
     assert len([p for p in logs if not p.is_symlink()]) == 2
-    assert any("angle_deg=15" in p.read_text() for p in logs)
+    named = tmp_path / "logs" / "fgexp_test_closed_form-cone.out"
+    assert named.is_symlink() and "angle_deg=15 " in named.read_text()
+
+
+@pytest.mark.slurm
+def test_real_slurm_lr_search_array(request, tmp_path):
+    """Opt-in: make slurm-lr-search's path for real, two settings, 2 ranks each under srun."""
+    env = slurm_env(request, tmp_path, FGEXP_RANKS="2",
+                    FGEXP_SRUN_MPI=os.environ.get("FGEXP_SRUN_MPI", "pmi2"))
+    submit = subprocess.run(
+        ["bash", "slurm/submit_lr_search.sh", "closed_form:paper", "--select", "function=sphere",
+         "--select", "n=2", "--select", "gradient=bp,frog", "--select", "k=,2",
+         "--set", "max_steps=30", "--set", "interim=5", "--evaluations", "4", "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT, env={**env, "FGEXP_EXTRA_SBATCH": "--parsable"})
+    assert submit.returncode == 0, submit.stderr
+    wait_for(submit.stdout.strip().split(";")[0])
+    with open(tmp_path / "lrs" / "closed_form.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.out"))
+    assert sorted((r["gradient"], r["k"]) for r in rows) == [("bp", ""), ("frog", "2")], logs
+    assert {r["evaluations"] for r in rows} == {"4"}
+    links = [p.name for p in (tmp_path / "logs").glob("*.out") if p.is_symlink()]
+    assert any("function=sphere_n=2_gradient=frog_k=2_sampler=normal" in n for n in links), links
