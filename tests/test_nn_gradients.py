@@ -90,6 +90,17 @@ def test_forward_equals_simulated_for_the_same_tangents(name, perturbation, grad
     assert float((forward - simulated).norm() / simulated.norm()) < 1e-4
 
 
+def test_deeper_fc_forward_equals_simulated():
+    """Blocks whose input carries both a shared tangent and propagated per-example ones."""
+    torch.manual_seed(2)
+    model = build("fc", in_channels=1, image_size=4, num_classes=3, width=10, depth=4)
+    x, y = torch.randn(5, 1, 4, 4), torch.randint(0, 3, (5,))
+    spec = dict(gradient="fg-sum", k=3, perturbation="activity")
+    forward = flat(step(model, x, y, mode="forward", **spec))
+    simulated = flat(step(model, x, y, mode="simulated", **spec))
+    assert float((forward - simulated).norm() / simulated.norm()) < 1e-4
+
+
 @pytest.mark.parametrize("name", ["fc", "vit", "resnet18"])
 def test_activity_directional_derivatives_agree(name):
     model, x, y = tiny(name)

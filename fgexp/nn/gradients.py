@@ -217,14 +217,37 @@ def _sample_activity_tangents(model, inputs, spec, generator, scheme):
     return tangents_kxn, views
 
 
+def _perturbed_block(block: nn.Module, h: torch.Tensor, eps: torch.Tensor | None):
+    """block(h + eps).
+
+    A tangent shared across the batch stays shared through an affine map: when the block
+    starts with a Linear, W (h + eps) + b = (W h + b) + W eps maps the shared tangent once per
+    tangent instead of once per example (16 x 1024^2 instead of 16 x 64 x 1024^2 multiply-adds
+    for FC-1024 at k = 16, batch 64). Same numbers, far less work.
+    """
+    if eps is None:
+        return block(h)
+    if (eps.dim() < h.dim() and isinstance(block, nn.Sequential) and len(block)
+            and isinstance(block[0], nn.Linear)):
+        z = block[0](h) + F.linear(eps, block[0].weight)
+        for module in block[1:]:
+            z = module(z)
+        return z
+    return block(h + eps)
+
+
 def _perturbed_losses(model, inputs, targets, loss_fn):
-    """f(eps) = per-example losses (B,) with eps_l added to block l's output; aux: block inputs."""
+    """f(eps) = per-example losses (B,) with eps_l added to block l's output; aux: block inputs.
+
+    Block l's perturbation is applied where block l + 1 reads it (or where the loss does).
+    """
     def f(eps):
-        h, block_inputs = inputs, []
+        h, block_inputs, pending = inputs, [], None
         for block, eps_l in zip(model.blocks, eps):
             block_inputs.append(h)
-            h = block(h) + eps_l
-        return loss_fn(h, targets, reduction="none"), block_inputs
+            h = _perturbed_block(block, h, pending)
+            pending = eps_l
+        return loss_fn(h + pending, targets, reduction="none"), block_inputs
     return f
 
 
