@@ -23,10 +23,14 @@ from _common import UsageError, cli, int_list
 from fgexp import lr_search
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples' line breaks and show every default."""
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Formatter)
     what = parser.add_argument_group("what to search")
     what.add_argument("--task", help="task name, optionally with a preset: closed_form, "
                       "closed_form:paper, fc_mnist:cpu (see --list-tasks)")
@@ -45,24 +49,28 @@ def make_parser() -> argparse.ArgumentParser:
     how.add_argument("--lo", type=float, default=-6.0, help="log10 of the smallest rate")
     how.add_argument("--hi", type=float, default=0.0, help="log10 of the largest rate")
     how.add_argument("--seeds", type=int_list,
-                     help="training seeds per rate (default: grid 0..4, propulate 0)")
+                     help="training seeds per rate; unset: grid 0..4, propulate 0")
     how.add_argument("--tolerance", type=float, default=0.05,
                      help="extraction: rates within this fraction of the best loss")
     grid = parser.add_argument_group("grid backend")
-    grid.add_argument("--points-per-decade", type=int, default=4)
+    grid.add_argument("--points-per-decade", type=int, default=4,
+                      help="grid rates per factor of 10")
     grid.add_argument("--refine", type=int, default=0,
                       help="refinement rounds: a finer grid around the best rate each")
-    grid.add_argument("--refine-points", type=int, default=9)
+    grid.add_argument("--refine-points", type=int, default=9,
+                      help="rates per refinement round, spanning one grid step either side")
     prop = parser.add_argument_group("propulate backend")
     prop.add_argument("--population", type=int, default=8, help="breeding population size")
     prop.add_argument("--evaluations", type=int, default=100,
                       help="evaluations per setting, over all ranks together")
     prop.add_argument("--seed", type=int, default=0, help="seed of the evolutionary search")
-    prop.add_argument("--ranks", type=int, help="expected MPI ranks (refused if different)")
+    prop.add_argument("--ranks", type=int, help="expected MPI ranks; refused if MPI started another number")
     prop.add_argument("--checkpoints", default="scratch/lr_checkpoints",
                       help="checkpoint root; one subdirectory per task and setting")
-    prop.add_argument("--prune-factor", type=float, default=2.0)
-    prop.add_argument("--prune-fraction", type=float, default=0.05)
+    prop.add_argument("--prune-factor", type=float, default=2.0,
+                      help="prune runs whose loss exceeds this factor x the best run's ...")
+    prop.add_argument("--prune-fraction", type=float, default=0.05,
+                      help="... at the same step for more than this fraction of the steps")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)),
                         help="torch CPU threads per process")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -70,6 +70,8 @@ class Task(Protocol):
 def split_task_name(name: str, preset: str | None = None) -> tuple[str, str]:
     """'closed_form:paper' -> ('closed_form', 'paper'); an explicit preset wins over the default."""
     base, _, suffix = name.partition(":")
+    if suffix and preset and suffix != preset:
+        raise ValueError(f"task {name!r} names preset {suffix!r} but preset {preset!r} was asked")
     return base, (suffix or preset or "smoke")
 
 
