@@ -75,8 +75,11 @@ def split_task_name(name: str, preset: str | None = None) -> tuple[str, str]:
     return base, (suffix or preset or "smoke")
 
 
-def get_task(name: str, preset: str = "smoke", **overrides) -> Task:
-    """The registered task `name` ('name:preset' also works) with its preset and overrides."""
+def get_task(name: str, preset: str | None = None, **overrides) -> Task:
+    """The registered task `name` ('name:preset' also works) with its preset and overrides.
+
+    The preset defaults to the one in the name, else "smoke".
+    """
     base, preset = split_task_name(name, preset)
     if base not in TASKS:
         raise ValueError(f"unknown task {base!r}; allowed: {', '.join(TASKS)}")
