@@ -188,9 +188,11 @@ def repair_checkpoint(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # The search
 
-def _loss_fn(task: Task, setting: Mapping, seeds: Sequence[int]):
+def _loss_fn(task: Task, setting: Mapping, seeds: Sequence[int], bar=None):
     """Propulate's loss: the seeds' interim losses, averaged step by step."""
     def loss_fn(ind):
+        if bar is not None:
+            bar.update()  # counts evaluations started on this rank (pruned ones end early)
         lr = 10 ** float(ind[LIMIT_NAME])
         runs = [task.objective(dict(setting), lr, seed) for seed in seeds]
         for losses in zip(*runs):
@@ -245,9 +247,11 @@ def _unique(population: list) -> list:
     return out
 
 
-def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm) -> dict | None:
+def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm,
+                   progress: bool = False) -> dict | None:
     """One setting's search on all ranks; rank 0 returns the row, the others None."""
     from propulate import get_default_propagator
+    from tqdm import tqdm
     rank = comm.Get_rank()
     path = checkpoint_dir(config, task, setting)
     if rank == 0:
@@ -260,12 +264,16 @@ def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm) 
     propagator = get_default_propagator(config.population, {LIMIT_NAME: (config.lo, config.hi)},
                                         rng=rng)
     horizon = getattr(task, "horizon", lambda s: None)(dict(setting))
+    generations = config.generations(comm.Get_size())
+    bar = tqdm(total=generations, desc="rank 0 evaluations", unit="run", leave=False,
+               disable=not progress)
     propulator = _propulator_class()(
-        _loss_fn(task, setting, config.seeds), propagator, rng=rng, island_comm=comm,
-        propulate_comm=comm, generations=config.generations(comm.Get_size()),
-        checkpoint_path=path,
+        _loss_fn(task, setting, config.seeds, bar), propagator, rng=rng, island_comm=comm,
+        propulate_comm=comm, generations=generations, checkpoint_path=path,
         surrogate_factory=surrogate_factory(config.prune_factor, config.prune_fraction, horizon))
+    bar.update(getattr(propulator, "generation", 0))  # already done before a resume
     propulator.propulate(logging_interval=10, debug=0)
+    bar.close()
     comm.barrier()
     if rank != 0:
         return None
@@ -294,7 +302,9 @@ def run_propulate(task: Task, settings: Sequence[Mapping], config: PropulateConf
         _use_gpu_of_rank(rank)
         rows = _search_all(task, settings, config, lr_dir, comm, progress and rank == 0)
     except Exception as err:  # one failing rank must not leave the others blocked forever
-        print(f"error on rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        # sys.__stderr__: the script silences the other ranks' duplicate one-line refusals only.
+        print(f"error on rank {rank}: {type(err).__name__}: {err}", file=sys.__stderr__,
+              flush=True)
         comm.Abort(1)
         raise
     return rows
@@ -305,7 +315,7 @@ def _search_all(task, settings, config, lr_dir, comm, progress: bool) -> list[di
     rows = []
     for setting in tqdm(settings, desc=f"propulate {task.name}", unit="setting",
                         disable=not progress):
-        row = search_setting(task, setting, config, comm)
+        row = search_setting(task, setting, config, comm, progress)
         if row is not None:
             merge_rows(table_path(lr_dir, task.name), task.setting_columns, [row])
             rows.append(row)
