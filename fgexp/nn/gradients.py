@@ -21,9 +21,13 @@ parameter, as `spec` (fgexp.directional.GradientSpec) asks:
 Modes: `forward` gets every directional derivative by forward-mode AD (torch.func.jvp, vmapped
 over the k tangents, split into chunks of spec.chunk_size), under no_grad: no global backward
 pass. Each block's tangent is added to that block's output and carried through every later
-block, so the first block's tangent reaches the loss as much as the last one's. The activity
-modes then recompute each block from its saved input to take the block-local VJP, so only block
-inputs are stored, never the whole network's activations. `simulated` backprops to the exact
+block, so the first block's tangent reaches the loss as much as the last one's. A shared
+tangent entering a block that starts with a Linear is mapped once per tangent rather than once
+per example (same numbers, k*B times fewer multiply-adds there). For the block-local VJPs the
+activity mode recomputes each block from its saved input, so only block inputs are stored,
+never the whole network's activations; with one tangent per chunk (k = 1) and no coupled
+layers it instead keeps the blocks' autograd graphs from the tangent pass, saving a forward pass
+(`keeps_graph`). `simulated` backprops to the exact
 gradient (of the parameters, or of the block outputs) and takes d = V @ grad; given the same
 tangents both modes give the same d and the same gradients (tested).
 
@@ -237,43 +241,49 @@ def _perturbed_block(block: nn.Module, h: torch.Tensor, eps: torch.Tensor | None
 
 
 def _perturbed_losses(model, inputs, targets, loss_fn):
-    """f(eps) = per-example losses (B,) with eps_l added to block l's output; aux: block inputs.
+    """f(eps) = per-example losses (B,) with eps_l added to block l's output.
+
+    aux: every block's (unperturbed) input and output.
 
     Block l's perturbation is applied where block l + 1 reads it (or where the loss does).
     """
     def f(eps):
-        h, block_inputs, pending = inputs, [], None
+        h, block_inputs, block_outputs, pending = inputs, [], [], None
         for block, eps_l in zip(model.blocks, eps):
             block_inputs.append(h)
             h = _perturbed_block(block, h, pending)
+            block_outputs.append(h)
             pending = eps_l
-        return loss_fn(h + pending, targets, reduction="none"), block_inputs
+        return loss_fn(h + pending, targets, reduction="none"), (block_inputs, block_outputs)
     return f
 
 
 def activity_jvps_forward(model, inputs, targets, tangent_views, loss_fn=F.cross_entropy,
-                          chunk_size=None):
+                          chunk_size=None, keep_graph=False):
     """Forward-mode AD along block-output tangents (k, *shape_l), batched over k.
 
     Returns per-example losses (B,), their directional derivatives (k, B) and each block's
-    (unperturbed) input. Runs under no_grad with BatchNorm statistics frozen.
+    unperturbed input (keep_graph False: the pass runs under no_grad) or output with its autograd
+    graph (keep_graph True: the graph of the first chunk is recorded, tangent ops included).
+    BatchNorm statistics stay frozen.
     """
     f = _perturbed_losses(model, inputs, targets, loss_fn)
     zeros = [torch.zeros(v.shape[1:], dtype=v.dtype, device=v.device) for v in tangent_views]
 
     def along(views):
-        losses_b, jvps_b, block_inputs = jvp(f, (zeros,), (views,), has_aux=True)
-        return losses_b, jvps_b, block_inputs
+        losses_b, jvps_b, (block_inputs, block_outputs) = jvp(f, (zeros,), (views,), has_aux=True)
+        return losses_b.detach(), jvps_b.detach(), block_outputs if keep_graph else block_inputs
 
     batched = vmap(along, in_dims=(0,), out_dims=(None, 0, None))
     k = tangent_views[0].shape[0]
     step = chunk_size or k
     parts = []
-    with torch.no_grad(), frozen_batch_stats(model):
+    with frozen_batch_stats(model):
         for start in range(0, k, step):
-            parts.append(batched([v[start:start + step] for v in tangent_views]))
-    losses_b, _, block_inputs = parts[0]
-    return losses_b, torch.cat([jvps for _, jvps, _ in parts]), block_inputs
+            with torch.set_grad_enabled(keep_graph and start == 0):
+                parts.append(batched([v[start:start + step] for v in tangent_views]))
+    losses_b, _, saved = parts[0]
+    return losses_b, torch.cat([jvps for _, jvps, _ in parts]), saved
 
 
 def _activity_grads_simulated(model, inputs, targets, loss_fn, scheme):
@@ -316,9 +326,19 @@ def _local_vjps(model, tensors, activity_grads, recompute: bool):
     return grads
 
 
+def keeps_graph(spec: GradientSpec, scheme: str) -> bool:
+    """Forward mode: record the blocks' graphs in the tangent pass instead of recomputing them.
+
+    Recording saves one forward pass, but the graph also holds the tangent operations' inputs,
+    k times a layer's activations; so only with one tangent per chunk, and never for coupled
+    models (their running statistics are updated by the recompute).
+    """
+    return scheme == "shared" and min(spec.k, spec.chunk_size or spec.k) == 1
+
+
 def activity_directional_derivatives(model, inputs, targets, tangent_views, mode: str,
                                      scheme: str, loss_fn: LossFn = F.cross_entropy,
-                                     chunk_size: int | None = None):
+                                     chunk_size: int | None = None, keep_graph: bool = False):
     """Per-example losses (B,), directional derivatives and what the local VJPs need.
 
     Derivatives: (B, k) per example (shared scheme) or (k,) of the batch loss (independent).
@@ -326,7 +346,7 @@ def activity_directional_derivatives(model, inputs, targets, tangent_views, mode
     """
     if mode == "forward":
         losses_b, jvps_kxb, saved = activity_jvps_forward(
-            model, inputs, targets, tangent_views, loss_fn, chunk_size)
+            model, inputs, targets, tangent_views, loss_fn, chunk_size, keep_graph)
         return losses_b, (jvps_kxb.T if scheme == "shared" else jvps_kxb.mean(-1)), saved
     losses_b, outputs, act_grads = _activity_grads_simulated(model, inputs, targets, loss_fn,
                                                              scheme)
@@ -338,8 +358,9 @@ def activity_directional_derivatives(model, inputs, targets, tangent_views, mode
 
 def _activity_gradients(model, inputs, targets, spec, generator, loss_fn, scheme):
     tangents_kxn, views = _sample_activity_tangents(model, inputs, spec, generator, scheme)
+    keep_graph = spec.mode == "forward" and keeps_graph(spec, scheme)
     losses_b, jvps, saved = activity_directional_derivatives(
-        model, inputs, targets, views, spec.mode, scheme, loss_fn, spec.chunk_size)
+        model, inputs, targets, views, spec.mode, scheme, loss_fn, spec.chunk_size, keep_graph)
     batch = len(losses_b)
     if scheme == "shared":
         estimate = shared_aggregate(tangents_kxn, jvps, spec.aggregation) / batch  # (B, N)
@@ -348,5 +369,6 @@ def _activity_gradients(model, inputs, targets, spec, generator, loss_fn, scheme
     parts = estimate.split([v[0].numel() for v in views], dim=-1)
     shapes = [(batch, *v.shape[1:]) if scheme == "shared" else v.shape[1:] for v in views]
     activity_grads = [part.reshape(shape) for part, shape in zip(parts, shapes)]  # (B, ...)
-    grads = _local_vjps(model, saved, activity_grads, recompute=spec.mode == "forward")
+    recompute = spec.mode == "forward" and not keep_graph
+    grads = _local_vjps(model, saved, activity_grads, recompute=recompute)
     return losses_b.mean(), grads
