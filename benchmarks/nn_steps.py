@@ -204,9 +204,10 @@ def bench_model(model_name: str, batch: int, quick: bool) -> list[dict]:
     device = _device_for(model_name)
     model, inputs, targets = _setup(model_name, batch, device)
     generator = torch.Generator(device=device).manual_seed(0)
-    warmup, repetitions = (1, 3) if quick else (2, 11)
+    # FC steps take milliseconds; ResNet18 and ViT steps on a CPU take seconds.
+    warmup, repetitions = (1, 3) if quick else (1, 7)
     if model_name == "fc":
-        repetitions = 5 if quick else 21
+        warmup, repetitions = (1, 5) if quick else (2, 21)
     rows = []
     _malloc_threshold(32 * 2**20)
     for label, method in _methods(model_name, quick):
