@@ -193,8 +193,10 @@ def _step_fn(method, model, inputs, targets, generator):
 
 def _describe(method) -> dict:
     if isinstance(method, GradientSpec):
-        return {"gradient": method.gradient, "k": method.k, "mode": method.mode,
-                "perturbation": "" if method.is_exact else method.perturbation}
+        exact = method.is_exact
+        return {"gradient": method.gradient, "k": "" if exact else method.k,
+                "mode": "" if exact else method.mode,
+                "perturbation": "" if exact else method.perturbation}
     kind, k = method
     return {"gradient": "fg-mean" if kind == "loop" else "", "k": k, "mode": kind,
             "perturbation": "weight"}
