@@ -86,7 +86,7 @@ def list_tasks() -> None:
             continue
         module, factory = lr_search.TASKS[name].split(":")
         presets = getattr(getattr(sys.modules[module], factory), "presets", ())
-        print(f"{name:12s} presets: {', '.join(presets) or '?'}; columns: "
+        print(f"{name:12s} presets: {', '.join(presets) or 'see ' + module}; columns: "
               f"{', '.join(task.setting_columns)}, gradient, k, sampler")
 
 
