@@ -19,17 +19,17 @@ parameter, as `spec` (fgexp.directional.GradientSpec) asks:
     estimate of dL/dH is aggregate(V, d). This is what coupled models need (below).
 
 Modes: `forward` gets every directional derivative by forward-mode AD (torch.func.jvp, vmapped
-over the k tangents, split into chunks of spec.chunk_size), under no_grad: no global backward
-pass. Each block's tangent is added to that block's output and carried through every later
-block, so the first block's tangent reaches the loss as much as the last one's. A shared
-tangent entering a block that starts with a Linear is mapped once per tangent rather than once
-per example (same numbers, k*B times fewer multiply-adds there). For the block-local VJPs the
-activity mode recomputes each block from its saved input, so only block inputs are stored,
-never the whole network's activations; with one tangent per chunk (k = 1) and no coupled
-layers it instead keeps the blocks' autograd graphs from the tangent pass, saving a forward pass
-(`keeps_graph`). `simulated` backprops to the exact
-gradient (of the parameters, or of the block outputs) and takes d = V @ grad; given the same
-tangents both modes give the same d and the same gradients (tested).
+over the k tangents, split into chunks of spec.chunk_size); no backward pass through the network
+happens. Each block's tangent is added to that block's output and carried through every later
+block, so the first block's tangent reaches the loss as much as the last one's. A shared tangent
+entering a block that starts with a Linear is mapped once per tangent rather than once per
+example (same numbers, B times fewer multiply-adds there). For the block-local VJPs the tangent
+pass runs under no_grad, keeps each block's input and recomputes one block at a time, so the
+whole network's activations are never stored; with one tangent per chunk and no coupled layers
+it records the blocks' graphs in the tangent pass instead, one forward pass cheaper
+(`keeps_graph`). `simulated` backprops to the exact gradient (of the parameters, or of the block
+outputs) and takes d = V @ grad; given the same tangents both modes give the same d and the same
+gradients (tested).
 
 BatchNorm. In train mode BatchNorm couples the examples of a batch: L_b depends on every
 example's activations through the batch statistics. With a tangent shared across the batch,
