@@ -86,6 +86,9 @@ def parse(argv):
     parser.add_argument("--mode", choices=("forward", "simulated"),
                         help="forward-mode AD (default) or V @ grad after backprop")
     parser.add_argument("--lr-table", help="LR table CSV (default results/lrs/closed_form.csv)")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1[,V2]",
+                        help="run only the cells whose function, n or angle is listed (repeatable;"
+                        " not part of the config: later runs add the other cells to --out)")
     return parser.parse_args(argv)
 
 
@@ -206,6 +209,25 @@ def cells(config: ClosedFormConfig, cone: bool) -> list[tuple[str, dict]]:
     return out
 
 
+def select_cells(all_cells, only: list[str]):
+    """The cells matching every --only KEY=V1,V2 (keys: function, n, angle)."""
+    chosen = list(all_cells)
+    for item in only:
+        key, sep, values = item.partition("=")
+        if not sep or key not in ("function", "n", "angle"):
+            raise _common.UsageError(f"expected --only function=..., n=... or angle=..., "
+                                     f"got {item!r}")
+        wanted = {v.strip() for v in values.split(",") if v.strip()}
+        chosen = [(cid, cell) for cid, cell in chosen if _text(cell[key]) in wanted]
+    if not chosen:
+        raise _common.UsageError(f"no cell matches {' '.join(only)}")
+    return chosen
+
+
+def _text(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def lookup_rates(config: ClosedFormConfig, cone: bool, todo) -> None:
     """Attach every setting's learning rate (all before any compute; a missing one is an error)."""
     from fgexp.lr_search import lookup_lr
@@ -252,9 +274,9 @@ def main(argv=None):
     from fgexp.results import RunDir
     run = RunDir(args.out, NAME, dataclasses.asdict(config), COLUMNS, KEY_COLUMNS,
                  argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    all_cells = select_cells(cells(config, args.cone), args.only)
     run.check()
     done = run.done()
-    all_cells = cells(config, args.cone)
     todo = [(cid, cell) for cid, cell in all_cells if cid not in done]
     lookup_rates(config, args.cone, todo)
     run.start(args.preset)

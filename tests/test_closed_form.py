@@ -119,3 +119,17 @@ def test_committed_table_has_every_paper_rate(repo_root):
         for _, cell in closed_form.cells(config, cone):
             for s in cell["settings"]:
                 assert lookup_lr(table, s, closed_form.search_command(s, cone)) > 0
+
+
+def test_only_runs_a_subset_and_later_runs_add_the_rest(tmp_path, capsys):
+    table = tmp_path / "lrs.csv"
+    _write_rates(table, cone=False)
+    base = ["--preset", "smoke", "--out", str(tmp_path / "out"), "--lr-table", str(table),
+            "--no-progress", "--max-steps", "20"]
+    assert closed_form.main([*base, "--only", "function=sphere", "--only", "n=2"]) == 0
+    rows = _rows(tmp_path / "out" / "closed_form.csv")
+    assert {(r["function"], r["n"]) for r in rows} == {("sphere", "2")}
+    capsys.readouterr()
+    assert closed_form.main(base) == 0
+    assert "5 cells computed, 1 already done" in capsys.readouterr().out
+    assert closed_form.main([*base, "--only", "bogus=1"]) == 2
