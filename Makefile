@@ -100,7 +100,7 @@ bench-quick: $(STAMP) ## spot-check benchmarks (under 2 minutes), into $(SCRATCH
 	$(PY) benchmarks/run.py --quick --out $(SCRATCH)/bench --figures $(SCRATCH)/bench
 
 bench-nn: $(STAMP) ## network step benchmark only
-	$(PY) benchmarks/run.py --only nn --out $(RESULTS)/benchmarks --figures $(FIGURES)
+	$(PY) benchmarks/run.py --only nn_steps --out $(RESULTS)/benchmarks --figures $(FIGURES)
 
 clean-scratch: ## remove scratch outputs
 	rm -rf $(SCRATCH)

@@ -6,6 +6,8 @@ normalized variants use v_i / |v_i| as tangents, whose directional derivative is
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 METHODS = ("sum", "mean", "sum_normalized", "mean_normalized", "projection")
@@ -35,16 +37,20 @@ def projection(tangents_kxn: torch.Tensor, jvps_k: torch.Tensor) -> torch.Tensor
     """
     _check_shapes(tangents_kxn, jvps_k)
     k, n = tangents_kxn.shape[-2:]
+    # Relative rank tolerance. Rounding errors grow like sqrt(n), not n: the textbook
+    # max(k, n) * eps exceeds 1 in float32 for networks with millions of parameters.
+    rtol = 10 * math.sqrt(max(k, n)) * torch.finfo(tangents_kxn.dtype).eps
     if k <= n:
         q_nxk, r_kxk = torch.linalg.qr(tangents_kxn.transpose(-1, -2))
         diag_k = r_kxk.diagonal(dim1=-2, dim2=-1).abs()
-        tol = diag_k.amax(-1, keepdim=True) * max(k, n) * torch.finfo(diag_k.dtype).eps * 10
-        if bool((diag_k > tol).all()):
+        if bool((diag_k > rtol * diag_k.amax(-1, keepdim=True)).all()):
             coef_kx1 = torch.linalg.solve_triangular(
                 r_kxk.transpose(-1, -2), jvps_k.unsqueeze(-1), upper=False)
             return (q_nxk @ coef_kx1).squeeze(-1)
-    pinv_nxk = torch.linalg.pinv(tangents_kxn)
-    return (pinv_nxk @ jvps_k.unsqueeze(-1)).squeeze(-1)
+    # Rare path (dependent tangents, k > n): an SVD in float64, as float32 SVDs of very wide
+    # matrices lose about three digits.
+    pinv_nxk = torch.linalg.pinv(tangents_kxn.double(), rtol=rtol)
+    return (pinv_nxk @ jvps_k.double().unsqueeze(-1)).squeeze(-1).to(tangents_kxn.dtype)
 
 
 def aggregate(tangents_kxn: torch.Tensor, jvps_k: torch.Tensor, method: str) -> torch.Tensor:

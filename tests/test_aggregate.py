@@ -97,3 +97,15 @@ def test_bad_input():
         agg.aggregate(v, d[..., :2], "mean")
     with pytest.raises(ValueError, match="do not match"):
         agg.aggregate(v, d[:3], "projection")
+
+
+def test_projection_stays_exact_for_millions_of_dimensions():
+    # A rank tolerance growing like n * eps would reject every float32 tangent set this large.
+    grad, v, d = _setup(lead=(), k=3, n=3_000_000, seed=7)
+    p = agg.projection(v, d)
+    # Reference in float64 from the same (float32-rounded) directional derivatives.
+    want = torch.linalg.pinv(v.double()) @ d.double()
+    assert float((p.double() - want).norm() / want.norm()) < 1e-3
+    dup = torch.cat([v, v[:1]], dim=-2)
+    p_dup = agg.projection(dup, torch.cat([d, d[:1]]))
+    assert float((p_dup.double() - want).norm() / want.norm()) < 1e-3
