@@ -439,7 +439,8 @@ def run_minima(df: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in RUN_KEYS if c in df.columns]
     runs = df.assign(test_error=1 - df["test_acc"])
     return runs.groupby(keys, dropna=False).agg(
-        test_error=("test_error", "min"), epochs=("epoch", "max")).reset_index()
+        test_error=("test_error", "min"), epochs=("epoch", "max"),
+        diverged=("status", lambda s: bool((s == "diverged").any()))).reset_index()
 
 
 def summarize_minima(minima: pd.DataFrame, by) -> pd.DataFrame:
@@ -471,10 +472,9 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
         rows = summary[(summary["gradient"] == g) & (summary["k"] == k)].sort_values("width")
         color = variant_color(g, k, ks)
         n = "/".join(str(v) for v in sorted(rows["n"].unique()))
-        runs_gk = df[(df["gradient"] == g) & (df["k"] == k)]
-        diverged = runs_gk[runs_gk["status"] == "diverged"].groupby(
-            [c for c in RUN_KEYS if c in df.columns]).ngroups
-        n += f", {diverged} diverged" if diverged else ""
+        runs_gk = minima[(minima["gradient"] == g) & (minima["k"] == k)]
+        diverged = int(runs_gk["diverged"].sum())
+        n += f" per width, {diverged}/{len(runs_gk)} diverged" if diverged else ""
         left.errorbar(rows["width"], rows["test_error_pct"],
                       yerr=[rows["test_error_pct"] - rows["min_pct"],
                             rows["max_pct"] - rows["test_error_pct"]],
@@ -494,7 +494,7 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     left.set_xlabel("hidden layer width")
     left.set_ylabel("best test error (%)  [mean over seeds, bars: min-max]")
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7, loc="best")
+    handles, labels = left.get_legend_handles_labels()
     right.set_xlabel("epoch")
     right.set_ylabel(f"test loss, width {curve_width}\n(mean over the seeds still training)")
     right.set_yscale("log")
@@ -502,7 +502,8 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     right.grid(True, which="both", alpha=0.3)
     datasets = ", ".join(sorted(df["dataset"].unique()))
     fig.suptitle(f"FC networks on {datasets}{note}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     return fig
 
 
