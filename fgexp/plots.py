@@ -466,7 +466,7 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     minima = run_minima(df)
     summary = summarize_minima(minima, ["width", "gradient", "k"])
     ks = sorted(k for k in df["k"].unique() if k > 0)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.9))
     widths = sorted(summary["width"].unique())
     for g, k in _variants(df):
         rows = summary[(summary["gradient"] == g) & (summary["k"] == k)].sort_values("width")
@@ -492,18 +492,21 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     left.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     left.tick_params(axis="y", which="minor", labelsize=7)
     left.set_xlabel("hidden layer width")
-    left.set_ylabel("best test error (%)  [mean over seeds, bars: min-max]")
+    left.set_ylabel("best test error (%)")
+    left.set_title("mean over seeds, bars: min to max", fontsize=8)
     left.grid(True, which="both", alpha=0.3)
     handles, labels = left.get_legend_handles_labels()
     right.set_xlabel("epoch")
-    right.set_ylabel(f"test loss, width {curve_width}\n(mean over the seeds still training)")
+    right.set_ylabel("test loss")
+    right.set_title(f"width {curve_width}: mean over the seeds still training", fontsize=8)
     right.set_yscale("log")
     right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right.grid(True, which="both", alpha=0.3)
     datasets = ", ".join(sorted(df["dataset"].unique()))
     fig.suptitle(f"FC networks on {datasets}{note}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.02))
     return fig
 
 
