@@ -21,13 +21,17 @@ def script(name, *args, cwd=REPO):
                           capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
 
 
-def main_of(name):
-    """A script's main(argv) in this process (no interpreter start-up: much faster)."""
+def module_of(name):
     sys.path.insert(0, str(REPO / "experiments"))
     try:
-        return importlib.import_module(name).main
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "experiments"))
+
+
+def main_of(name):
+    """A script's main(argv) in this process (no interpreter start-up: much faster)."""
+    return module_of(name).main
 
 
 def call(name, *args):
@@ -120,3 +124,14 @@ def test_figure6_and_table_builders(tmp_path):
     assert [(r["gradient"], r["k"]) for r in table] == [("bp", ""), ("fg-mean", "1"), ("frog", "2")]
     assert all(r["n"] == "2" for r in table)  # two widths stand in for two runs here
     assert "| bp |" in (fig / "table_networks.md").read_text()
+
+
+def test_list_runs_gives_one_parseable_line_per_paper_run(capsys):
+    assert call("resnet_vit", "--preset", "paper", "--download", "--list-runs") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 * 2 * 8 * 3  # models x data sets x gradients x seeds
+    assert len(set(lines)) == len(lines)
+    first = module_of("_networks").parser("", nets.PRESETS["resnet_vit"], "resnet_vit").parse_args(
+        lines[0].split())
+    assert (first.models, first.datasets, first.gradients, first.seeds) == (
+        ["resnet18"], ["mnist"], ["bp"], [0])
