@@ -105,8 +105,6 @@ def table_c(results_dir, figures_dir):
     return [csv_path, md_path]
 
 
-
-
 # Network experiments (Sections 4.4 and 4.5)
 
 def _network_frame(results_dir, name):

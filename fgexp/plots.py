@@ -408,8 +408,6 @@ def table_c(df: pd.DataFrame, ns=(64, 1024)) -> pd.DataFrame:
     return table.assign(_key=key).sort_values(["n", "_key"]).drop(columns="_key")
 
 
-
-
 # Network experiments (Sections 4.4 and 4.5): Figure 6 and the ResNet18/ViT table.
 
 def variant_label(gradient: str, k) -> str:
