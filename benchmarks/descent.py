@@ -109,7 +109,8 @@ def paper_row(manifest: Path) -> list[dict]:
                         - dt.datetime.fromisoformat(session["started"])).total_seconds()
     return [{"case": "paper_preset", "implementation": "batched-8", "wall_s": seconds,
              "repetitions": 1, "note": f"Figure 4 paper preset ({data.get('preset')}), from "
-             f"{manifest.name}: sum of its non-cone sessions, shared 2-core machine"}]
+             f"{manifest.name}: sum of its non-cone sessions (cells recomputed after a rate change "
+             "count twice), shared 2-core machine"}]
 
 
 def run(quick: bool) -> list[dict]:
