@@ -133,3 +133,18 @@ def test_only_runs_a_subset_and_later_runs_add_the_rest(tmp_path, capsys):
     assert closed_form.main(base) == 0
     assert "5 cells computed, 1 already done" in capsys.readouterr().out
     assert closed_form.main([*base, "--only", "bogus=1"]) == 2
+
+
+def test_full_horizon_refinement_merges_grid_full_rows(tmp_path):
+    import closed_form_refine_lrs
+    table = tmp_path / "lrs.csv"
+    rows = [{"function": "sphere", "n": 2, "angle_deg": None, "gradient": g, "k": k,
+             "sampler": None if g == "bp" else "normal", "lr": 0.01, "loss": 1.0,
+             "evaluations": 1, "backend": "grid"} for g, k in (("bp", None), ("frog", 2))]
+    merge_rows(table, ("function", "n", "angle_deg"), rows)
+    assert closed_form_refine_lrs.main(["--function", "sphere", "--n", "2", "--gradients",
+                                        "bp,frog:2", "--lr-table", str(table)]) == 0
+    refined = _rows(table)
+    assert {r["backend"] for r in refined} == {"grid-full"} and len(refined) == 2
+    # on the Sphere a larger rate is better within [0.01 / 10^1.25, 0.01 * 10^0.25]
+    assert all(float(r["lr"]) == pytest.approx(0.01 * 10 ** 0.25) for r in refined)
