@@ -25,8 +25,9 @@ SUITES = ("approximation", "descent", "nn_steps")
 def machine_columns() -> dict:
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
+    from fgexp.results import git_commit
     return {"machine": platform.node(), "device": device, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "commit": git_commit()[:12]}
 
 
 def main(argv=None) -> int:
@@ -63,7 +64,11 @@ def main(argv=None) -> int:
     if nn_csv.exists():
         import pandas as pd
         from fgexp import plots
-        fig = plots.benchmark_steps(pd.read_csv(nn_csv))
+        frame = pd.read_csv(nn_csv)
+        fig = plots.benchmark_steps(frame)
+        first = frame.iloc[0]
+        plots.stamp(fig, f"{first['machine']} | torch {first['torch']}, {first['threads']} "
+                         f"thread(s) | commit {first.get('commit', 'unknown')}")
         for path in plots.save(fig, args.figures, "benchmark_steps"):
             print(f"wrote {path}")
     return 0

@@ -240,6 +240,9 @@ def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
                           fontsize=7)
             ax.invert_yaxis()
             ax.set_xscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(axis="x", alpha=0.3)
             batch = sub["batch"].iloc[0]
             ax.set_title(f"{model}, batch {batch}: {title}", fontsize=9)
