@@ -47,7 +47,8 @@ def save(fig: plt.Figure, figures_dir: Path | str, stem: str) -> list[Path]:
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = [figures_dir / f"{stem}.pdf", figures_dir / f"{stem}.png"]
-    fig.savefig(paths[0], bbox_inches="tight")
+    # No creation date: replotting unchanged CSVs leaves the committed PDFs byte-identical.
+    fig.savefig(paths[0], bbox_inches="tight", metadata={"CreationDate": None})
     fig.savefig(paths[1], bbox_inches="tight", dpi=150)
     plt.close(fig)
     return paths
