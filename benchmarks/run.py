@@ -60,16 +60,9 @@ def main(argv=None) -> int:
         path = out / f"{suite}.csv"
         atomic_write_text(path, rows_to_csv(rows, columns))
         print(f"{suite}: {len(rows)} cases in {time.perf_counter() - start:.0f} s -> {path}")
-    nn_csv = out / "nn_steps.csv"
-    if nn_csv.exists():
-        import pandas as pd
-        from fgexp import plots
-        frame = pd.read_csv(nn_csv)
-        fig = plots.benchmark_steps(frame)
-        first = frame.iloc[0]
-        plots.stamp(fig, f"{first['machine']} | torch {first['torch']}, {first['threads']} "
-                         f"thread(s) | commit {first.get('commit', 'unknown')}")
-        for path in plots.save(fig, args.figures, "benchmark_steps"):
+    if (out / "nn_steps.csv").exists():
+        from figures import draw_benchmark_steps
+        for path in draw_benchmark_steps(out / "nn_steps.csv", args.figures):
             print(f"wrote {path}")
     return 0
 

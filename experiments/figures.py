@@ -148,3 +148,21 @@ def table_networks(results_dir, figures_dir):
     atomic_write_text(md_path, "Minimum test error (%), mean ± std over seeds (n runs)"
                       f"{note}\n\n" + plots.table_networks_markdown(table) + f"\n{source}\n")
     return [csv_path, md_path]
+
+
+@builder("benchmark-steps", "benchmarks/nn_steps.csv")
+def benchmark_steps(results_dir, figures_dir):
+    """Network training-step cost relative to bp, from the benchmark report (make bench)."""
+    return draw_benchmark_steps(results_dir / "benchmarks" / "nn_steps.csv", figures_dir)
+
+
+def draw_benchmark_steps(csv_path, figures_dir):
+    import pandas as pd
+
+    from fgexp import plots
+    frame = pd.read_csv(csv_path)
+    fig = plots.benchmark_steps(frame)
+    first = frame.iloc[0]
+    plots.stamp(fig, f"make bench | {first['machine']}, {first['device']} | torch {first['torch']},"
+                     f" {first['threads']} thread(s) | commit {first.get('commit', 'unknown')}")
+    return plots.save(fig, figures_dir, "benchmark_steps")
