@@ -242,6 +242,7 @@ def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
             ax.invert_yaxis()
             ax.set_xscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(plain)
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(axis="x", alpha=0.3)
