@@ -11,9 +11,15 @@ import dataclasses
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# torch 2.14 warns about its own internal use of torch.jit.script when forward-mode AD first
+# runs; it says nothing about this project's code.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                        category=FutureWarning)
 
 
 class UsageError(ValueError):
