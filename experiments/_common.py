@@ -71,6 +71,25 @@ def override(config, args: argparse.Namespace, fields: list[str]):
     return dataclasses.replace(config, **given)
 
 
+def grid_overrides(args: argparse.Namespace, grid_fields: tuple[str, ...],
+                   scalar_fields: tuple[str, ...] = ()) -> dict:
+    """Field overrides for configs that hold a normal grid and a cone grid (`cone_` fields).
+
+    With --cone, the list flags in `grid_fields` (and --angles) set the cone grid's fields;
+    without it they set the normal grid's. Scalar flags apply to both.
+    """
+    if args.angles is not None and not args.cone:
+        raise UsageError("--angles applies only with --cone")
+    prefix = "cone_" if args.cone else ""
+    given = {f"{prefix}{name}": tuple(getattr(args, name))
+             for name in grid_fields if getattr(args, name) is not None}
+    if args.angles is not None:
+        given["cone_angles"] = tuple(args.angles)
+    given.update({name: getattr(args, name) for name in scalar_fields
+                  if getattr(args, name) is not None})
+    return given
+
+
 def setup_torch(threads: int) -> None:
     import torch
     if threads < 1:

@@ -82,18 +82,8 @@ def parse(argv):
 
 def resolve(args) -> ApproximationConfig:
     """Preset plus flags; with --cone, --n/--k/--methods/--angles set the cone grid."""
-    config = PRESETS[args.preset]
-    prefix = "cone_" if args.cone else ""
-    if args.angles is not None and not args.cone:
-        raise _common.UsageError("--angles applies only with --cone")
-    given = {f"{prefix}{name}": tuple(getattr(args, name))
-             for name in ("n", "k", "methods") if getattr(args, name) is not None}
-    if args.angles is not None:
-        given["cone_angles"] = tuple(args.angles)
-    for name in ("samples", "seed", "engine"):
-        if getattr(args, name) is not None:
-            given[name] = getattr(args, name)
-    return dataclasses.replace(config, **given)
+    given = _common.grid_overrides(args, ("n", "k", "methods"), ("samples", "seed", "engine"))
+    return dataclasses.replace(PRESETS[args.preset], **given)
 
 
 def validate(config: ApproximationConfig, cone: bool) -> None:

@@ -121,21 +121,13 @@ def resolve(args) -> ClosedFormConfig:
     """Preset plus flags; with --cone, --functions/--n/--gradients/--angles set the cone grid."""
     config = PRESETS[args.preset]
     prefix = "cone_" if args.cone else ""
-    if args.angles is not None and not args.cone:
-        raise _common.UsageError("--angles applies only with --cone")
-    given = {f"{prefix}{name}": tuple(getattr(args, name))
-             for name in ("functions", "n", "gradients") if getattr(args, name) is not None}
-    if args.angles is not None:
-        given["cone_angles"] = tuple(args.angles)
+    given = _common.grid_overrides(args, ("functions", "n", "gradients"),
+                                   ("max_steps", "patience", "mode", "lr_table"))
     if args.k is not None:
         gradients = given.get(f"{prefix}gradients", getattr(config, f"{prefix}gradients"))
         given[f"{prefix}gradients"] = _with_k(gradients, args.k)
-    for name in ("seeds",):
-        if getattr(args, name) is not None:
-            given[name] = tuple(getattr(args, name))
-    for name in ("max_steps", "patience", "mode", "lr_table"):
-        if getattr(args, name) is not None:
-            given[name] = getattr(args, name)
+    if args.seeds is not None:
+        given["seeds"] = tuple(args.seeds)
     return dataclasses.replace(config, **given)
 
 
