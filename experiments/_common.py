@@ -90,6 +90,13 @@ def grid_overrides(args: argparse.Namespace, grid_fields: tuple[str, ...],
     return given
 
 
+def run_dir(args: argparse.Namespace, name: str, config, columns, key_columns, argv=None):
+    """The experiment's fgexp.results.RunDir in --out, recording the command line as given."""
+    from fgexp.results import RunDir
+    return RunDir(args.out, name, dataclasses.asdict(config), columns, key_columns,
+                  argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+
+
 def setup_torch(threads: int) -> None:
     import torch
     if threads < 1:

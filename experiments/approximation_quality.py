@@ -26,7 +26,6 @@ from pathlib import Path
 import _common
 
 from fgexp.approximation import COLUMNS, ENGINES, KEY_COLUMNS, METHODS, check_methods, run_cell
-from fgexp.results import RunDir
 
 NAME = "approximation_quality"
 
@@ -138,8 +137,7 @@ def main(argv=None):
     config = resolve(args)
     validate(config, args.cone)
     _common.setup_torch(args.threads)
-    run = RunDir(args.out, NAME, dataclasses.asdict(config), COLUMNS, KEY_COLUMNS,
-                 argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    run = _common.run_dir(args, NAME, config, COLUMNS, KEY_COLUMNS, argv)
     run.start(args.preset)
     done = run.done()
     todo = [(cid, kw) for cid, kw in cells(config, args.cone) if cid not in done]

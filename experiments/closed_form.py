@@ -263,9 +263,7 @@ def main(argv=None):
     config = resolve(args)
     validate(config, args.cone)
     _common.setup_torch(args.threads)
-    from fgexp.results import RunDir
-    run = RunDir(args.out, NAME, dataclasses.asdict(config), COLUMNS, KEY_COLUMNS,
-                 argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    run = _common.run_dir(args, NAME, config, COLUMNS, KEY_COLUMNS, argv)
     all_cells = select_cells(cells(config, args.cone), args.only)
     run.check()
     done = run.done()
