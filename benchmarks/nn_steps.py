@@ -8,24 +8,29 @@ both as ratios to bp measured in the same run. Methods are labelled
 references for FC-1024 weight perturbation: `loop-weight-mean-k<k>` (one jvp pass per tangent,
 the authors' scheme) and `draw-normal-k<k>` (only drawing the k x 1.9M normal numbers).
 
-Peak memory: on CUDA, torch.cuda.max_memory_allocated minus the allocation before the step. On
-CPU, the growth of this process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
-over its resident set before the step, with glibc's mmap threshold pinned at 64 KiB and the
-free heap trimmed before the step, so that freed tensors go back to the system instead of
-staying cached; it counts every tensor a step allocates (activations, tangents, gradients) plus
-allocator overhead. Gradients are cleared before the measured step, so every method allocates
-its own.
+Peak memory, two measures. `peak_memory_bytes` (the one the ratios use) is the peak of the
+bytes held by tensors during the step, over those held before it: on CUDA from
+torch.cuda.max_memory_allocated, on CPU from the allocation record of torch's profiler (every
+allocation and free of the CPU allocator, in order), the same quantity. It counts activations,
+tangents, gradients and every temporary, but not allocator caching. `peak_rss_bytes` (CPU
+only) is the growth of this process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs) over its resident set before the step, with glibc's mmap threshold pinned
+at 64 KiB and the free heap trimmed so that freed tensors go back to the system; it adds
+allocator overhead and depends on the heap's state, so it is coarser. Gradients are cleared
+before the measured steps, so every method allocates its own.
 
-    python benchmarks/nn_steps.py [--quick] [--csv PATH]
+    python benchmarks/nn_steps.py [--quick] [--case NAME ...] [--csv PATH]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import gc
+import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -58,13 +63,17 @@ def _sync(device: torch.device) -> None:
 def _malloc_threshold(size: int) -> None:
     """glibc only: pin the mmap threshold (M_MMAP_THRESHOLD) and trim the free heap.
 
-    Small (64 KiB) while measuring memory, so freed tensors leave the resident set; 32 MiB (the
+    Small (64 KiB) while measuring the resident set, so freed tensors leave it; 32 MiB (the
     ceiling glibc's own adaptive threshold reaches) while timing, since an mmap per tensor would
-    add page faults that an ordinary run does not pay.
+    add page faults that an ordinary run does not pay. The trim threshold (M_TRIM_THRESHOLD)
+    follows at twice the mmap threshold, as glibc's adaptive rule sets it: left at its 128 KiB
+    default, the top of the heap would go back to the system after every large free, and
+    every step would fault its pages in again.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, size)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2 * size)  # M_TRIM_THRESHOLD
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -77,24 +86,66 @@ def _status_kib(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def peak_memory(fn, device: torch.device) -> float:
-    """Peak extra bytes of one call of fn (NaN where it cannot be measured)."""
+def peak_memory(fn, device: torch.device) -> dict:
+    """Peak extra bytes of one call of fn: held by tensors, and of the resident set (CPU).
+
+    NaN where a measure is not available.
+    """
     gc.collect()
-    _malloc_threshold(64 * 1024)
-    try:
-        return _peak_memory(fn, device)
-    finally:
-        _malloc_threshold(32 * 2**20)
-
-
-def _peak_memory(fn, device: torch.device) -> float:
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
         _sync(device)
-        return float(torch.cuda.max_memory_allocated(device) - before)
+        return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(device) - before),
+                "peak_rss_bytes": float("nan")}
+    tensors = peak_tensor_bytes_cpu(fn)
+    gc.collect()
+    _malloc_threshold(64 * 1024)
+    try:
+        return {"peak_memory_bytes": tensors, "peak_rss_bytes": _peak_rss(fn)}
+    finally:
+        _malloc_threshold(32 * 2**20)
+
+
+def peak_tensor_bytes_cpu(fn) -> float:
+    """Peak of the bytes the CPU allocator hands to tensors during fn(), over the level before.
+
+    torch's profiler records every allocation and free (profile_memory); summing them in time
+    order gives the live bytes at every moment, as CUDA's allocator statistics would.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:  # a torch without the raw event list
+        return float("nan")
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return float(peak)
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop log lines (written straight to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _peak_rss(fn) -> float:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
         before = _status_kib("VmRSS")
@@ -168,6 +219,26 @@ def _methods(model_name: str, quick: bool) -> list[tuple[str, object]]:
     return methods
 
 
+def _memory_methods() -> list[tuple[str, object]]:
+    """ResNet18 at batch 128, the issue's memory case: activity perturbation at every k.
+
+    `-c4` rows split the k = 16 tangents into vmapped chunks of 4 (GradientSpec.chunk_size),
+    which bounds the tangent pass's memory at the price of more passes.
+    """
+    methods = [("bp", GradientSpec("bp"))]
+    for k in (1, 4, 16):
+        for aggregation, gradient in AGGREGATIONS.items():
+            spec = GradientSpec(gradient, k=k, perturbation="activity")
+            methods.append((f"forward-activity-{aggregation}-k{k}", spec))
+    for aggregation, gradient in AGGREGATIONS.items():
+        spec = GradientSpec(gradient, k=16, perturbation="activity", chunk_size=4)
+        methods.append((f"forward-activity-{aggregation}-k16-c4", spec))
+    methods.append(("simulated-activity-frog-k16",
+                    GradientSpec("frog", k=16, perturbation="activity", mode="simulated")))
+    methods.append(("forward-weight-mean-k1", GradientSpec("fg-mean", k=1)))
+    return methods
+
+
 def _quick_methods(model_name: str) -> list[tuple[str, object]]:
     """Spot checks: the activity goals on FC, one forward case per other model."""
     if model_name != "fc":
@@ -202,24 +273,24 @@ def _describe(method) -> dict:
             "perturbation": "weight"}
 
 
-def bench_model(model_name: str, batch: int, quick: bool) -> list[dict]:
+def bench_model(model_name: str, batch: int, quick: bool, methods=None) -> list[dict]:
     device = _device_for(model_name)
     model, inputs, targets = _setup(model_name, batch, device)
     generator = torch.Generator(device=device).manual_seed(0)
     # FC steps take milliseconds; ResNet18 and ViT steps on a CPU take seconds.
-    warmup, repetitions = (1, 3) if quick else (1, 7)
+    warmup, repetitions = (1, 3) if quick or batch > 32 else (1, 7)
     if model_name == "fc":
         warmup, repetitions = (1, 5) if quick else (2, 21)
     rows = []
     _malloc_threshold(32 * 2**20)
-    for label, method in _methods(model_name, quick):
+    for label, method in methods or _methods(model_name, quick):
         fn = _step_fn(method, model, inputs, targets, generator)
         timing = time_steps(fn, device, warmup, repetitions)
         model.zero_grad(set_to_none=True)
         memory = peak_memory(fn, device)
         rows.append({"model": model_name if model_name != "fc" else "fc-1024", "batch": batch,
-                     "method": label, **_describe(method), **timing,
-                     "peak_memory_bytes": memory, "device": device.type})
+                     "method": label, **_describe(method), **timing, **memory,
+                     "device": device.type})
     bp = rows[0]
     for row in rows:
         row["time_ratio_to_bp"] = row["seconds_per_step"] / bp["seconds_per_step"]
@@ -228,24 +299,34 @@ def bench_model(model_name: str, batch: int, quick: bool) -> list[dict]:
     return rows
 
 
-def run(quick: bool) -> list[dict]:
-    """FC-1024 at batch 64 on CPU, ResNet18 and ViT at a small batch (CUDA when present)."""
+CASES = ("fc", "resnet18", "vit", "resnet18-memory")
+
+
+def run(quick: bool, cases=None) -> list[dict]:
+    """FC-1024 at batch 64 on CPU, ResNet18 and ViT at a small batch (CUDA when present), and
+    (full run) ResNet18's activity perturbation at batch 128 for the memory goal."""
+    cases = cases or (CASES[:3] if quick else CASES)
     small = 4 if quick else 32
-    rows = bench_model("fc", 64, quick)
-    for model_name in ("resnet18", "vit"):
-        rows += bench_model(model_name, small, quick)
+    rows = []
+    for case in cases:
+        if case == "fc":
+            rows += bench_model("fc", 64, quick)
+        elif case == "resnet18-memory":
+            rows += bench_model("resnet18", 128, quick, _memory_methods())
+        else:
+            rows += bench_model(case, small, quick)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':10} {'batch':>5} {'method':28} {'ms/step':>9} {'IQR ms':>13} "
-             f"{'x bp':>6} {'cpu x bp':>8} {'peak MiB':>9} {'mem x bp':>8}"]
+    lines = [f"{'model':10} {'batch':>5} {'method':30} {'ms/step':>9} {'IQR ms':>13} "
+             f"{'x bp':>6} {'cpu x bp':>8} {'peak MiB':>9} {'mem x bp':>8} {'RSS MiB':>8}"]
     for r in rows:
         iqr = f"{r['seconds_q25'] * 1e3:.1f}-{r['seconds_q75'] * 1e3:.1f}"
-        lines.append(f"{r['model']:10} {r['batch']:>5} {r['method']:28} "
+        lines.append(f"{r['model']:10} {r['batch']:>5} {r['method']:30} "
                      f"{r['seconds_per_step'] * 1e3:9.1f} {iqr:>13} {r['time_ratio_to_bp']:6.2f} "
                      f"{r['cpu_time_ratio_to_bp']:8.2f} {r['peak_memory_bytes'] / 2**20:9.1f} "
-                     f"{r['memory_ratio_to_bp']:8.2f}")
+                     f"{r['memory_ratio_to_bp']:8.2f} {r['peak_rss_bytes'] / 2**20:8.1f}")
     return "\n".join(lines)
 
 
@@ -255,12 +336,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--case", choices=CASES, action="append", dest="cases",
+                        help="run only this case (repeatable; default: all, quick: the first 3)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         print("error: --threads must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    rows = run(args.quick)
+    rows = run(args.quick, args.cases)
     print(table(rows))
     if args.csv:
         import pandas as pd

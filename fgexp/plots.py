@@ -222,17 +222,19 @@ def figure5a(df: pd.DataFrame) -> plt.Figure:
 
 
 def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
-    """Network training steps: time and peak memory as ratios to bp, one panel row per model."""
-    models = list(dict.fromkeys(df["model"]))
-    fig, axes = plt.subplots(len(models), 2, figsize=(11, 0.28 * len(df) + 1.6), squeeze=False,
-                             gridspec_kw={"height_ratios": [int((df["model"] == m).sum())
-                                                            for m in models]})
-    for row_axes, model in zip(axes, models):
-        sub = df[df["model"] == model]
+    """Network training steps: time and peak memory as ratios to bp, one panel row per model
+    and batch size."""
+    cases = list(dict.fromkeys(zip(df["model"], df["batch"])))
+    masks = [(df["model"] == model) & (df["batch"] == batch) for model, batch in cases]
+    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 0.28 * len(df) + 0.4 * len(cases) + 0.8),
+                             squeeze=False,
+                             gridspec_kw={"height_ratios": [int(m.sum()) for m in masks]})
+    for row_axes, (model, batch), mask in zip(axes, cases, masks):
+        sub = df[mask]
         labels = list(sub["method"])
         y = range(len(labels))
         for ax, column, title in ((row_axes[0], "time_ratio_to_bp", "seconds per step / bp"),
-                                  (row_axes[1], "memory_ratio_to_bp", "peak memory / bp")):
+                                  (row_axes[1], "memory_ratio_to_bp", "peak tensor memory / bp")):
             colours = ["black" if m == "bp" else "tab:red" if "frog" in m else
                        "0.6" if m.startswith(("loop", "draw")) else "tab:blue" for m in labels]
             ax.barh(list(y), sub[column], color=colours)
@@ -246,7 +248,6 @@ def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
             ax.xaxis.set_major_formatter(plain)
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(axis="x", alpha=0.3)
-            batch = sub["batch"].iloc[0]
             ax.set_title(f"{model}, batch {batch}: {title}", fontsize=9)
     device = df["device"].iloc[0] if "device" in df else "?"
     fig.suptitle(f"Training-step cost relative to backprop (median of repetitions; {device})",

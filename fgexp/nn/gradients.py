@@ -305,16 +305,22 @@ def _block_params(block: nn.Module) -> dict:
     return {name: p for name, p in block.named_parameters() if p.requires_grad}
 
 
-def _local_vjps(model, tensors, activity_grads, recompute: bool):
+def _local_vjps(model, tensors: list, activity_grads, recompute: bool):
     """Block-local VJPs: each block's parameters from its own output gradient only.
 
     tensors[l] is block l's output with its graph (simulated; autograd.grad then walks block l
     alone, since only its parameters are asked for), or, with recompute, block l's saved input:
     the block is recomputed from it, which also updates BatchNorm statistics once per step.
+
+    Memory: the blocks go last to first, and each saved tensor is dropped from `tensors` once its
+    block is done. The last blocks hold most of the parameters (ResNet18: layer4 has 75% of
+    them), so their VJP, the step's largest, runs while few other gradients exist yet.
     """
     names = {id(p): name for name, p in model.named_parameters()}
     grads = {}
-    for block, out, g in zip(model.blocks, tensors, activity_grads):
+    for index in reversed(range(len(model.blocks))):
+        block, out, g = model.blocks[index], tensors[index], activity_grads[index]
+        tensors[index] = None
         params = _block_params(block)
         if not params:
             continue
@@ -322,6 +328,7 @@ def _local_vjps(model, tensors, activity_grads, recompute: bool):
             if recompute:
                 out = block(out.detach())
             local = torch.autograd.grad(out, list(params.values()), g, retain_graph=not recompute)
+        del out
         grads.update({names[id(p)]: t for p, t in zip(params.values(), local)})
     return grads
 
@@ -366,8 +373,10 @@ def _activity_gradients(model, inputs, targets, spec, generator, loss_fn, scheme
         estimate = shared_aggregate(tangents_kxn, jvps, spec.aggregation) / batch  # (B, N)
     else:
         estimate = aggregate(tangents_kxn, jvps, spec.aggregation)  # (B*N,)
-    parts = estimate.split([v[0].numel() for v in views], dim=-1)
+    sizes = [v[0].numel() for v in views]
     shapes = [(batch, *v.shape[1:]) if scheme == "shared" else v.shape[1:] for v in views]
+    del tangents_kxn, views  # k times the activations: not needed for the VJPs
+    parts = estimate.split(sizes, dim=-1)
     activity_grads = [part.reshape(shape) for part, shape in zip(parts, shapes)]  # (B, ...)
     recompute = spec.mode == "forward" and not keep_graph
     grads = _local_vjps(model, saved, activity_grads, recompute=recompute)

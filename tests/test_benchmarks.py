@@ -1,0 +1,68 @@
+"""The step benchmark's measurements (benchmarks/nn_steps.py) and its figure."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fgexp import plots
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def nn_steps():
+    spec = importlib.util.spec_from_file_location("nn_steps", REPO / "benchmarks" / "nn_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tensor_peak_counts_what_is_held_at_once(nn_steps):
+    mib = 2**20
+
+    def two_then_one():
+        a = torch.ones(mib // 4)       # 1 MiB
+        b = torch.ones(2 * mib // 4)   # 2 MiB while a is alive: peak 3 MiB
+        del a, b
+        c = torch.ones(mib // 4)       # 1 MiB, alone
+        return c.sum()
+
+    peak = nn_steps.peak_tensor_bytes_cpu(two_then_one)
+    assert 3 * mib <= peak < 3 * mib + 64 * 1024
+
+
+def test_peak_memory_reports_both_measures_on_cpu(nn_steps):
+    measured = nn_steps.peak_memory(lambda: torch.ones(2**20).sum(), torch.device("cpu"))
+    assert set(measured) == {"peak_memory_bytes", "peak_rss_bytes"}
+    assert measured["peak_memory_bytes"] >= 4 * 2**20
+    assert math.isnan(measured["peak_rss_bytes"]) or measured["peak_rss_bytes"] >= 0
+
+
+def test_quick_fc_case_writes_ratios_to_bp(nn_steps, tmp_path):
+    path = tmp_path / "steps.csv"
+    assert nn_steps.main(["--quick", "--case", "fc", "--csv", str(path)]) == 0
+    frame = pd.read_csv(path)
+    assert frame["method"].iloc[0] == "bp"
+    assert frame.loc[0, ["time_ratio_to_bp", "memory_ratio_to_bp"]].tolist() == [1.0, 1.0]
+    assert {"forward-activity-mean-k1", "loop-weight-mean-k4"} <= set(frame["method"])
+    assert (frame["peak_memory_bytes"] > 0).all()
+
+
+def test_bad_case_is_refused(nn_steps):
+    with pytest.raises(SystemExit) as stop:
+        nn_steps.main(["--case", "resnet50"])
+    assert stop.value.code == 2
+
+
+def test_figure_has_a_panel_row_per_model_and_batch():
+    rows = [{"model": model, "batch": batch, "method": method, "time_ratio_to_bp": ratio,
+             "memory_ratio_to_bp": ratio, "device": "cpu"}
+            for model, batch in (("resnet18", 32), ("resnet18", 128))
+            for method, ratio in (("bp", 1.0), ("forward-activity-mean-k1", 0.7))]
+    fig = plots.benchmark_steps(pd.DataFrame(rows))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("batch 32" in t for t in titles) and any("batch 128" in t for t in titles)
+    assert len(fig.axes) == 4
