@@ -151,12 +151,21 @@ def flatten(tensors: Mapping[str, torch.Tensor], lead: int = 0) -> torch.Tensor:
 
 def jvps_params_forward(loss_fn: Callable[[dict], torch.Tensor], params: Mapping[str, torch.Tensor],
                         tangents_kxn: torch.Tensor, chunk_size: int | None = None):
-    """Loss and its directional derivatives (k,) along global tangents (k, n) over a param dict."""
-    primals = {name: p.detach() for name, p in params.items()}
+    """Loss and its directional derivatives (k,) along global tangents (k, n) over a param dict.
+
+    The primals are views of one flat copy of the parameters. A tangent that is a view of a
+    larger tensor enters forward-mode AD as it is only when its primal has the same layout;
+    otherwise torch copies it into a fresh zero tensor, parameter by parameter, which costs
+    more than the one flat copy (for a single tangent, with no vmap, nothing is copied at all).
+    """
+    primals = unflatten(flatten({name: p.detach() for name, p in params.items()}), params)
 
     def along(v_n):
         return jvp(loss_fn, (primals,), (unflatten(v_n, primals),))
 
+    if len(tangents_kxn) == 1:  # nothing to batch: vmap would only turn matmuls into bmm
+        value, jvp_1 = along(tangents_kxn[0])
+        return value, jvp_1.reshape(1)
     batched = vmap(along, in_dims=0, out_dims=(None, 0))
     parts = [batched(chunk) for chunk in tangents_kxn.split(chunk_size or len(tangents_kxn))]
     return parts[0][0], torch.cat([jvps for _, jvps in parts])

@@ -290,3 +290,15 @@ def test_forward_equals_simulated_at_mnist_size(name):
         forward = flat(step(model, x, y, mode="forward", **spec))
         simulated = flat(step(model, x, y, mode="simulated", **spec))
         assert float((forward - simulated).norm() / simulated.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["forward", "simulated"])
+@pytest.mark.parametrize("gradient", ["fg-mean", "fg-sum"])
+def test_single_weight_tangent_gives_d_times_v(mode, gradient):
+    """k = 1: the estimate is <grad, v> v for the tangent drawn from the step's generator."""
+    from fgexp import tangents
+    model, x, y = tiny("fc")
+    g_n = flat(true_grads(model, x, y))
+    v_n = tangents.sample("normal", (), 1, g_n.numel(), torch.Generator().manual_seed(3))[0]
+    got = flat(step(model, x, y, seed=3, gradient=gradient, k=1, mode=mode))
+    torch.testing.assert_close(got, (g_n @ v_n) * v_n, rtol=1e-5, atol=1e-7)

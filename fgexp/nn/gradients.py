@@ -168,7 +168,11 @@ def _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn):
     else:
         loss, grads = _backprop(model, inputs, targets, params, loss_fn)
         jvps_k = tangents_kxn @ flatten(grads)
-    estimate_n = aggregate(tangents_kxn, jvps_k, spec.aggregation)
+    if spec.k == 1 and spec.aggregation in ("mean", "sum"):
+        # d v, written into the tangent's own memory (the same numbers aggregate() gives)
+        estimate_n = tangents_kxn[0].mul_(jvps_k[0])
+    else:
+        estimate_n = aggregate(tangents_kxn, jvps_k, spec.aggregation)
     return loss, unflatten(estimate_n, params)
 
 
