@@ -158,7 +158,9 @@ def jvps_params_forward(loss_fn: Callable[[dict], torch.Tensor], params: Mapping
     otherwise torch copies it into a fresh zero tensor, parameter by parameter, which costs
     more than the one flat copy (for a single tangent, with no vmap, nothing is copied at all).
     """
-    primals = unflatten(flatten({name: p.detach() for name, p in params.items()}), params)
+    primals = {name: p.detach() for name, p in params.items()}
+    if len({(p.dtype, p.device) for p in primals.values()}) == 1:  # one flat tensor can hold them
+        primals = unflatten(flatten(primals), primals)
 
     def along(v_n):
         return jvp(loss_fn, (primals,), (unflatten(v_n, primals),))

@@ -135,3 +135,19 @@ def test_spec_bad_input(kwargs, match):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="do not fit"):
         D.jvps_forward(F.sphere, torch.zeros(2, 5), torch.zeros(3, 4, 5))
+
+
+def test_params_jvps_keep_mixed_parameter_dtypes():
+    """Parameters of different dtypes are not packed into one (promoted) flat tensor."""
+    params = {"a": torch.randn(3, dtype=torch.float64), "b": torch.randn(2)}
+    seen = {}
+
+    def loss_fn(p):
+        seen.update({name: t.dtype for name, t in p.items()})
+        return (p["a"] ** 2).sum() + (p["b"].double() ** 2).sum()
+
+    v = torch.randn(2, 5, dtype=torch.float64)
+    _, jvps = D.jvps_params_forward(loss_fn, params, v)
+    assert seen == {"a": torch.float64, "b": torch.float32}
+    g = torch.cat([2 * params["a"], 2 * params["b"].double()])
+    torch.testing.assert_close(jvps, v @ g, rtol=1e-5, atol=1e-6)
