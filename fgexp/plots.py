@@ -241,8 +241,8 @@ def benchmark_steps(df: pd.DataFrame) -> plt.Figure:
             # Bars start at bp (1): cheaper methods extend left, dearer ones right.
             values = sub[column].to_numpy(dtype=float)
             ax.barh(list(y), values - 1.0, left=1.0, color=colours)
-            ax.plot([1.0] * int((sub["method"] == "bp").sum()),
-                    [i for i, m in enumerate(labels) if m == "bp"], "k|", markersize=9)
+            bp_rows = [i for i, m in enumerate(labels) if m == "bp"]
+            ax.plot([1.0] * len(bp_rows), bp_rows, "k|", markersize=9)
             ax.axvline(1.0, color="black", lw=0.8, ls="--")
             finite = values[np.isfinite(values) & (values > 0)]
             if len(finite):
