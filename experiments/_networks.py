@@ -4,9 +4,7 @@ Both scripts are the same experiment with different presets (fgexp.nn.runs.NetCo
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import sys
 from pathlib import Path
 
@@ -80,18 +78,6 @@ def config_from(args, preset):
                                widths=tuple(cfg.widths), seeds=tuple(cfg.seeds))
 
 
-@contextlib.contextmanager
-def locked(path: Path):
-    """Serialize CSV updates of concurrent jobs (SLURM array tasks) sharing one directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def run(argv, description: str, presets: dict, name: str) -> int:
     args = parser(description, presets, name).parse_args(argv)
     _common.setup_torch(args.threads)
@@ -99,7 +85,7 @@ def run(argv, description: str, presets: dict, name: str) -> int:
     from tqdm import tqdm
 
     from fgexp.nn import runs as nets
-    from fgexp.results import RunDir
+    from fgexp.results import RunDir, file_lock
     cfg = config_from(args, presets[args.preset])
     nets.validate(cfg)
     if args.list_runs:
@@ -112,16 +98,16 @@ def run(argv, description: str, presets: dict, name: str) -> int:
     lrs = nets.learning_rates(cfg, f"{name}:{args.preset}", todo)
     data = {d: nets.load_data(cfg, d) for d in dict.fromkeys(r.dataset for r in todo)}
     ckpt_dir = Path(args.checkpoints or f"scratch/checkpoints/{name}")
-    with locked(rd.dir / f".{name}.lock"):
+    with file_lock(rd.dir / f".{name}.lock"):
         rd.start(args.preset)
     for r in tqdm(todo, desc=name, unit="run", disable=args.no_progress):
         ckpt = ckpt_dir / f"{r.cell_id}.pt"
         rows = nets.run_rows(r, cfg, data[r.dataset], lrs[r], ckpt, device,
                              progress=not args.no_progress)
-        with locked(rd.dir / f".{name}.lock"):
+        with file_lock(rd.dir / f".{name}.lock"):
             rd.write_cell(r.cell_id, rows)
         ckpt.unlink(missing_ok=True)
-    with locked(rd.dir / f".{name}.lock"):
+    with file_lock(rd.dir / f".{name}.lock"):
         rd.finish()
     print(f"{name}: {len(todo)} runs trained, results in {rd.csv_path}", file=sys.stderr)
     return 0

@@ -16,9 +16,7 @@ the search itself lives on log10(lr) and rates spread over orders of magnitude.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import importlib
 import json
 import math
@@ -33,7 +31,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fgexp.directional import GRADIENTS
-from fgexp.results import ResultsError, atomic_write_text, git_commit, read_csv_rows, rows_to_csv
+from fgexp.results import (ResultsError, atomic_write_text, file_lock, git_commit,
+                           read_csv_rows, rows_to_csv)
 
 RATE_COLUMNS = ("gradient", "k", "sampler")
 RESULT_COLUMNS = ("lr", "loss", "evaluations", "backend")
@@ -195,24 +194,12 @@ def check_writable_dir(path: Path | str, what: str) -> None:
         raise ValueError(f"{what} {path} is not writable")
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock beside `path`, so concurrent SLURM array jobs merge one at a time."""
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def merge_rows(path: Path | str, setting_columns: Sequence[str], rows: Sequence[Mapping]) -> None:
     """Write `rows` into the table at `path`, replacing rows of the same setting, keeping others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = table_columns(setting_columns)
-    with _locked(path):
+    with file_lock(path.with_name(f".{path.name}.lock")):  # one merge at a time
         old = read_csv_rows(path, columns) if path.exists() else []
         new_keys = {setting_key(r, setting_columns) for r in rows}
         kept = [r for r in old if setting_key(r, setting_columns) not in new_keys]

@@ -11,8 +11,10 @@ write and the DONE record only makes the rerun redo that cell; it never duplicat
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import fcntl
 import io
 import json
 import os
@@ -27,6 +29,20 @@ from pathlib import Path
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "propulate",
             "mpi4py")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str):
+    """An exclusive lock on the file `path` (created if missing), so that concurrent jobs (SLURM
+    array tasks) sharing one directory update its files one at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class ResultsError(RuntimeError):

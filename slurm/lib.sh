@@ -11,6 +11,14 @@ fgexp_load_settings() {
     source "$(fgexp_root)/slurm/cluster.env"
 }
 
+# Every script starts here: work in the repository ROOT, exported for jobs and helpers, with the
+# cluster settings loaded.
+fgexp_enter() {
+    cd "$1"
+    export FGEXP_ROOT=$1
+    fgexp_load_settings
+}
+
 # sbatch flags every job shares: partition, account, GPUs per rank, CPUs per rank, extras.
 fgexp_sbatch_common() {
     local opts=(--partition="$FGEXP_PARTITION" --cpus-per-task="$FGEXP_CPUS_PER_TASK")

@@ -11,10 +11,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-export FGEXP_ROOT=$root
-source slurm/lib.sh
-fgexp_load_settings
+source "$root/slurm/lib.sh"
+fgexp_enter "$root"
 
 script=${1:-}; list=${2:-}
 if [[ -z "$script" || -z "$list" ]]; then

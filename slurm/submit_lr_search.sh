@@ -13,10 +13,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-export FGEXP_ROOT=$root
-source slurm/lib.sh
-fgexp_load_settings
+source "$root/slurm/lib.sh"
+fgexp_enter "$root"
 
 task=${1:-}
 if [[ -z "$task" || "$task" == -* ]]; then

@@ -14,10 +14,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-export FGEXP_ROOT=$root
-source slurm/lib.sh
-fgexp_load_settings
+source "$root/slurm/lib.sh"
+fgexp_enter "$root"
 : "${FGEXP_DATA_ROOT:=data}"  # torchvision root: MNIST/raw and cifar-10-batches-py
 
 name=${1:-}
