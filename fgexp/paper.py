@@ -1,0 +1,65 @@
+"""The paper's vocabulary, defined once: gradient labels, the gradient lists of its figures,
+cone angles, closed-form function and model names, and the one parser of gradient tokens.
+
+A gradient token is "bp" or "label:k" (e.g. "frog:4"); a bare forward-gradient label means
+k = 1, the paper's single-tangent baseline when the label is fg-mean. Kept free of torch so
+that plotting and configuration load quickly.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# Gradient labels of the paper's tables -> aggregation in fgexp.aggregate (None: exact gradient).
+GRADIENTS = {
+    "bp": None,
+    "fg-mean": "mean",
+    "frog": "projection",
+    "fg-sum": "sum",
+    "fg-mean-normalized": "mean_normalized",
+    "fg-sum-normalized": "sum_normalized",
+}
+# Figures 4 and 6, Section 4.5: bp; single tangent; mean and projection with k = 2, 4, 16.
+PAPER_GRADIENTS = ("bp", "fg-mean:1", "fg-mean:2", "fg-mean:4", "fg-mean:16",
+                   "frog:2", "frog:4", "frog:16")
+# Figure 5b: cone tangents with k = 16 and 64.
+CONE_GRADIENTS = ("fg-mean:16", "fg-mean:64", "frog:16", "frog:64")
+# Section 4.3: degrees between every further tangent and the first.
+CONE_ANGLES = (15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
+# Figure 4's dimensions, 1 .. 1024.
+PAPER_NS = tuple(2 ** e for e in range(11))
+# Closed-form test functions (fgexp.functions), in the paper's order.
+FUNCTIONS = ("sphere", "rosenbrock", "styblinski-tang")
+# Network models (fgexp.nn.models.build).
+MODELS = ("fc", "resnet18", "vit")
+
+
+def parse_gradient(token: str) -> tuple[str, int | None]:
+    """'frog:4' -> ('frog', 4); 'bp' -> ('bp', None); 'fg-mean' -> ('fg-mean', 1).
+
+    Raises ValueError with one line naming the token for an unknown label or a bad k.
+    """
+    label, sep, k = token.strip().partition(":")
+    if label not in GRADIENTS:
+        raise ValueError(f"unknown gradient {label!r} in {token!r}; allowed: "
+                         f"{', '.join(GRADIENTS)}")
+    if label == "bp":
+        if sep:
+            raise ValueError(f"bp takes no number of tangents, got {token!r}")
+        return label, None
+    try:
+        k_value = int(k) if sep else 1
+    except ValueError:
+        raise ValueError(f"expected a gradient like '{label}:4', got {token!r}") from None
+    if k_value < 1:
+        raise ValueError(f"k must be >= 1, got {token!r}")
+    return label, k_value
+
+
+def gradient_token(label: str, k: int | None) -> str:
+    """The inverse of parse_gradient: ('frog', 4) -> 'frog:4', ('bp', None) -> 'bp'."""
+    return label if label == "bp" else f"{label}:{k}"
+
+
+def check_gradients(tokens: Sequence[str]) -> tuple[str, ...]:
+    """Tokens in their canonical form, duplicates dropped; ValueError on the first bad one."""
+    return tuple(dict.fromkeys(gradient_token(*parse_gradient(t)) for t in tokens))
