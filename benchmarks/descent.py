@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -122,8 +121,12 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
+    import argparse
     import warnings
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small settings only (seconds)")
+    args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
     torch.set_num_threads(1)
-    for row in run(quick="--quick" in sys.argv):
+    for row in run(quick=args.quick):
         print(row)

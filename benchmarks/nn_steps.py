@@ -36,13 +36,11 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, jvp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fgexp import tangents as tangent_samplers  # noqa: E402
-from fgexp.aggregate import aggregate  # noqa: E402
-from fgexp.directional import GradientSpec, flat_size, unflatten  # noqa: E402
-from fgexp.nn.gradients import batch_loss_fn, set_gradients  # noqa: E402
-from fgexp.nn.models import build  # noqa: E402
+from fgexp import tangents as tangent_samplers
+from fgexp.directional import GradientSpec, flat_size, unflatten
+from fgexp.nn.gradients import batch_loss_fn, set_gradients
+from fgexp.nn.models import build
+from fgexp.paper import MODELS
 
 AGGREGATIONS = {"mean": "fg-mean", "frog": "frog"}
 
@@ -299,7 +297,7 @@ def bench_model(model_name: str, batch: int, quick: bool, methods=None) -> list[
     return rows
 
 
-CASES = ("fc", "resnet18", "vit", "resnet18-memory")
+CASES = (*MODELS, "resnet18-memory")
 
 
 def run(quick: bool, cases=None) -> list[dict]:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "experiments"))
+# The suites are this script's sibling modules: its own directory is on sys.path when it runs.
 SUITES = ("approximation", "descent", "nn_steps")
 
 
@@ -61,8 +59,12 @@ def main(argv=None) -> int:
         atomic_write_text(path, rows_to_csv(rows, columns))
         print(f"{suite}: {len(rows)} cases in {time.perf_counter() - start:.0f} s -> {path}")
     if (out / "nn_steps.csv").exists():
-        from figures import draw_benchmark_steps
-        for path in draw_benchmark_steps(out / "nn_steps.csv", args.figures):
+        import pandas as pd
+
+        from fgexp.plots.benchmarks import stamped_benchmark_steps
+        from fgexp.plots.style import save
+        fig = stamped_benchmark_steps(pd.read_csv(out / "nn_steps.csv"))
+        for path in save(fig, args.figures, "benchmark_steps"):
             print(f"wrote {path}")
     return 0
 

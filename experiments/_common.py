@@ -9,25 +9,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import sys
 import warnings
 from collections.abc import Callable
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # torch 2.14 warns about its own internal use of torch.jit.script when forward-mode AD first
 # runs; it says nothing about this project's code.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
-                        category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
 
 
 class UsageError(ValueError):
     """Bad command-line input, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """Bad flags: one line and exit status 2 (argparse would add its usage lines)."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(description: str, presets: dict, default_out: str = "results"):
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", choices=sorted(presets), default="smoke",
                         help="named configuration; other flags override its fields")
@@ -39,55 +43,71 @@ def make_parser(description: str, presets: dict, default_out: str = "results"):
     return parser
 
 
+def _items(text: str, example: str) -> list[str]:
+    """The comma-separated items of a list flag; an empty list or item is an error."""
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}; expected e.g. {example!r}")
+    return items
+
+
 def int_list(text: str) -> list[int]:
-    """'1,2,4' or a power-of-two range '2^0..2^10'."""
+    """'1,2,4', a range '0..4' or a power-of-two range '2^0..2^10' (ascending, both ends in)."""
+    example = "1,2,4' or '2^0..2^10"
     text = text.strip()
     try:
         if ".." in text:
             lo, hi = (part.strip() for part in text.split(".."))
-            if lo.startswith("2^") and hi.startswith("2^"):
-                return [2 ** e for e in range(int(lo[2:]), int(hi[2:]) + 1)]
-            return list(range(int(lo), int(hi) + 1))
-        return [int(v) for v in text.split(",") if v.strip()]
+            power = lo.startswith("2^") and hi.startswith("2^")
+            lo_i, hi_i = (int(lo[2:]), int(hi[2:])) if power else (int(lo), int(hi))
+            if lo_i > hi_i:
+                raise argparse.ArgumentTypeError(f"descending range {text!r}; write the "
+                                                 "smaller end first, e.g. '2^4..2^8'")
+            return [2 ** e if power else e for e in range(lo_i, hi_i + 1)]
+        return [int(v) for v in _items(text, "1,2,4")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected integers like '1,2,4' or '2^0..2^10', got {text!r}") from None
+            f"expected integers like '{example}', got {text!r}") from None
 
 
 def float_list(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in _items(text, "15,30,45")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like '15,30,45', got {text!r}") from None
 
 
 def str_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    return _items(text, "a,b")
 
 
-def override(config, args: argparse.Namespace, fields: list[str]):
-    """dataclasses.replace(config, ...) with every flag in `fields` that was given."""
-    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    return dataclasses.replace(config, **given)
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
-def grid_overrides(args: argparse.Namespace, grid_fields: tuple[str, ...],
-                   scalar_fields: tuple[str, ...] = ()) -> dict:
-    """Field overrides for configs that hold a normal grid and a cone grid (`cone_` fields).
+def given(args: argparse.Namespace, fields: tuple[str, ...]) -> dict:
+    """{field: value} of the flags in `fields` that were given (argparse leaves others None)."""
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
-    With --cone, the list flags in `grid_fields` (and --angles) set the cone grid's fields;
-    without it they set the normal grid's. Scalar flags apply to both.
-    """
-    if args.angles is not None and not args.cone:
-        raise UsageError("--angles applies only with --cone")
-    prefix = "cone_" if args.cone else ""
-    given = {f"{prefix}{name}": tuple(getattr(args, name))
-             for name in grid_fields if getattr(args, name) is not None}
-    if args.angles is not None:
-        given["cone_angles"] = tuple(args.angles)
-    given.update({name: getattr(args, name) for name in scalar_fields
-                  if getattr(args, name) is not None})
-    return given
+
+def check_table(path: str | None, flag: str) -> None:
+    """A table given on the command line is a readable file, or absent (named by the caller)."""
+    if path is None or not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: not a file")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot read it ({err.strerror})") from None
 
 
 def run_dir(args: argparse.Namespace, name: str, config, columns, key_columns, argv=None):

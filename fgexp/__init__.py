@@ -1,12 +1,31 @@
 """fgexp: multi-tangent forward gradients, the core library of the experiment suite.
 
-Importing fgexp loads torch only: MPI, Propulate and torchvision load where they are used.
+`import fgexp` loads nothing heavy: the names below load their module (and torch) on first use,
+so that fgexp.paper, fgexp.config and the plotting stage start quickly. MPI, Propulate and
+torchvision load only where they are used.
 
 The module fgexp.aggregate keeps its name: use `from fgexp.aggregate import aggregate`.
 """
-from fgexp.aggregate import METHODS, projection
-from fgexp.directional import GRADIENTS, MODES, GradientSpec, estimate, jvps_forward
-from fgexp.tangents import SAMPLERS, sample
+from __future__ import annotations
 
-__all__ = ["METHODS", "projection", "GRADIENTS", "MODES", "GradientSpec",
-           "estimate", "jvps_forward", "SAMPLERS", "sample"]
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "METHODS": "fgexp.aggregate", "projection": "fgexp.aggregate",
+    "GRADIENTS": "fgexp.paper", "MODES": "fgexp.directional",
+    "GradientSpec": "fgexp.directional", "estimate": "fgexp.directional",
+    "jvps_forward": "fgexp.directional",
+    "SAMPLERS": "fgexp.tangents", "sample": "fgexp.tangents",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fgexp' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -30,13 +30,16 @@ projection is its own group (with k > n it uses n tangents, and its cosine is 1)
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fgexp.aggregate import aggregate
+from fgexp.config import coerce, grid_fields
+from fgexp.paper import CONE_ANGLES
 from fgexp.tangents import cone as cone_tangents
 
 METHODS = ("single", "sum", "mean", "sum_normalized", "mean_normalized", "projection")
@@ -51,6 +54,83 @@ _GROUP_ID = {"single": 0, "conical": 1, "projection": 2}
 _SAMPLER_ID = {"normal": 0, "cone": 1}
 # Elements of one brute-force tangent chunk (float64): 2^22 of them is 32 MiB.
 _CHUNK_ELEMENTS = 2 ** 22
+
+
+@dataclasses.dataclass(frozen=True)
+class ApproximationConfig:
+    n: tuple[int, ...]            # gradient dimensions, Gaussian tangents (Figure 3)
+    k: tuple[int, ...]            # numbers of tangents; the projection uses min(k, n) of them
+    methods: tuple[str, ...]      # single (k = 1 only), sum, mean, *_normalized, projection
+    samples: int                  # independent tangent draws per setting
+    seed: int                     # run seed; each setting derives its own stream from it
+    cone_n: tuple[int, ...]       # gradient dimensions of the cone grid (Figure 5a)
+    cone_k: tuple[int, ...]       # numbers of cone tangents
+    cone_angles: tuple[float, ...]  # degrees between every further tangent and the first
+    cone_methods: tuple[str, ...]   # methods on cone tangents
+    engine: str = "reduced"       # reduced: exact O(k) simulation; brute: full n-dim tangents
+
+
+PRESETS = {
+    "paper": ApproximationConfig(
+        n=tuple(2 ** e for e in range(15)), k=tuple(2 ** e for e in range(11)),
+        methods=METHODS, samples=1000, seed=0,
+        cone_n=(64,), cone_k=(4, 16, 64), cone_angles=CONE_ANGLES,
+        cone_methods=("mean", "projection")),
+    "smoke": ApproximationConfig(
+        n=(1, 4, 16, 64), k=(1, 4, 16, 128), methods=METHODS, samples=200, seed=0,
+        cone_n=(16,), cone_k=(4, 16), cone_angles=(30.0, 90.0),
+        cone_methods=("mean", "projection")),
+}
+GRID = ("n", "k", "methods", "angles")  # override names that pick the normal or the cone grid
+
+
+def resolve(preset: ApproximationConfig, overrides: Mapping[str, object],
+            cone: bool = False) -> ApproximationConfig:
+    """The preset with overrides named n, k, methods, angles, samples, seed, engine; with
+    `cone`, n, k, methods and angles set the cone grid. Lists become tuples, strings are read."""
+    fields = grid_fields(overrides, GRID, cone)
+    return coerce(preset, {name: tuple(v) if isinstance(v, list) else v
+                           for name, v in fields.items()})
+
+
+def validate(config: ApproximationConfig, cone: bool = False) -> None:
+    """Every bad setting of the chosen grid as one ValueError, before any compute."""
+    ns, ks = (config.cone_n, config.cone_k) if cone else (config.n, config.k)
+    for label, values in (("n", ns), ("k", ks)):
+        if not values or min(values) < 1:
+            raise ValueError(f"every {label} must be >= 1, got {list(values)}")
+    lists = {"n": ns, "k": ks, "methods": config.cone_methods if cone else config.methods}
+    if cone:
+        lists["angles"] = config.cone_angles
+    for label, values in lists.items():
+        if len(set(values)) != len(values):  # repeated settings would repeat CSV keys
+            raise ValueError(f"--{label} lists a value twice: {list(values)}")
+    if config.samples < 2:
+        raise ValueError(f"--samples must be >= 2 (spread and CI), got {config.samples}")
+    if config.seed < 0:  # numpy seed sequences take non-negative integers only
+        raise ValueError(f"--seed must be >= 0, got {config.seed}")
+    if config.engine not in ENGINES:
+        raise ValueError(f"unknown engine {config.engine!r}; allowed: {', '.join(ENGINES)}")
+    if cone:
+        check_methods(config.cone_methods, "cone")
+        if not config.cone_angles or not all(0 < a <= 90 for a in config.cone_angles):
+            raise ValueError(f"cone angles must lie in (0, 90], got {list(config.cone_angles)}")
+        if min(ns) < 2 and max(ks) > 1:
+            raise ValueError("the cone sampler needs n >= 2 for k > 1")
+    else:
+        check_methods(config.methods, "normal")
+
+
+def cells(config: ApproximationConfig, cone: bool = False) -> list[tuple[str, dict]]:
+    """(cell id, run_cell arguments): one cell per n, and per angle for cones."""
+    common = dict(samples=config.samples, seed=config.seed, engine=config.engine)
+    if not cone:
+        return [(f"normal/n={n}", dict(n=n, ks=config.k, methods=config.methods,
+                                       sampler="normal", angle_deg=None, **common))
+                for n in config.n]
+    return [(f"cone/n={n}/angle={a:g}", dict(n=n, ks=config.cone_k, methods=config.cone_methods,
+                                             sampler="cone", angle_deg=float(a), **common))
+            for n in config.cone_n for a in config.cone_angles]
 
 
 def check_methods(methods: Sequence[str], sampler: str = "normal") -> None:

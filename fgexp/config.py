@@ -62,3 +62,16 @@ def convert(value, hint):
 
 def _name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def grid_fields(overrides: Mapping[str, object], grid: tuple[str, ...], cone: bool) -> dict:
+    """Overrides of a config with a normal grid and a cone grid (fields `cone_<name>`).
+
+    With cone, the names in `grid` set the cone grid's fields; without it, the normal grid's
+    ("angles" exists only as cone_angles). Other names keep theirs. ValueError for angles
+    without cone.
+    """
+    if "angles" in overrides and not cone:
+        raise ValueError("--angles applies only with --cone")
+    return {f"cone_{name}" if cone and name in grid else name: value
+            for name, value in overrides.items()}

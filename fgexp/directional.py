@@ -16,16 +16,8 @@ from torch.func import functional_call, grad_and_value, jvp, vmap
 
 from fgexp import tangents as tangent_samplers
 from fgexp.aggregate import aggregate
+from fgexp.paper import GRADIENTS  # label -> aggregation; importable from here too
 
-# Gradient labels of the paper's tables -> aggregation of fgexp.aggregate (None: exact gradient).
-GRADIENTS = {
-    "bp": None,
-    "fg-mean": "mean",
-    "frog": "projection",
-    "fg-sum": "sum",
-    "fg-mean-normalized": "mean_normalized",
-    "fg-sum-normalized": "sum_normalized",
-}
 MODES = ("forward", "simulated")
 PERTURBATIONS = ("weight", "activity")  # networks only: tangents over parameters or block outputs
 

@@ -1,10 +1,12 @@
 """Closed-form test functions of Section 4.2, batched over leading dimensions: (..., n) -> (...)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from fgexp import paper
 
 
 def sphere(x_n: torch.Tensor) -> torch.Tensor:
@@ -49,13 +51,19 @@ def _rosenbrock_start(n: int) -> torch.Tensor:
     return x
 
 
-FUNCTIONS = {
-    "sphere": TestFunction("sphere", sphere, 1000, lambda n: -torch.ones(n), lambda n: 0.0),
-    "rosenbrock": TestFunction("rosenbrock", rosenbrock, 25000, _rosenbrock_start,
-                               lambda n: 0.0),
-    "styblinski-tang": TestFunction("styblinski-tang", styblinski_tang, 1000, torch.zeros,
-                                    lambda n: _ST_MIN_PER_DIM * n),
-}
+def _define(f, max_steps: int, start, minimum) -> TestFunction:
+    return TestFunction(f.__name__.replace("_", "-"), f, max_steps, start, minimum)
+
+
+_DEFINED = {t.name: t for t in (
+    _define(sphere, 1000, lambda n: -torch.ones(n), lambda n: 0.0),
+    _define(rosenbrock, 25000, _rosenbrock_start, lambda n: 0.0),
+    _define(styblinski_tang, 1000, torch.zeros, lambda n: _ST_MIN_PER_DIM * n),
+)}
+if set(_DEFINED) != set(paper.FUNCTIONS):  # the names live in fgexp.paper alone
+    raise ImportError(f"fgexp.functions defines {sorted(_DEFINED)}, fgexp.paper names "
+                      f"{sorted(paper.FUNCTIONS)}")
+FUNCTIONS = {name: _DEFINED[name] for name in paper.FUNCTIONS}  # in the paper's order
 
 
 def get(name: str) -> TestFunction:

@@ -63,3 +63,27 @@ def gradient_token(label: str, k: int | None) -> str:
 def check_gradients(tokens: Sequence[str]) -> tuple[str, ...]:
     """Tokens in their canonical form, duplicates dropped; ValueError on the first bad one."""
     return tuple(dict.fromkeys(gradient_token(*parse_gradient(t)) for t in tokens))
+
+
+def with_k(tokens: Sequence[str] | None, ks: Sequence[int] | None,
+           default: Sequence[str]) -> tuple[str, ...]:
+    """The gradients that --gradients TOKENS and --k KS ask for, in every script.
+
+    bp stays bp; a token with its own ':k' keeps it; a bare label takes every k of `ks`
+    (k = 1 without `ks`). Without tokens: `default` (the preset's list) as it is, or, with
+    `ks`, its labels, each with every k of `ks`. E.g. (None, [2, 8], paper list) -> bp,
+    fg-mean:2, fg-mean:8, frog:2, frog:8; (['bp', 'fg-mean:1', 'frog'], [4], ...) -> bp,
+    fg-mean:1, frog:4. Canonical tokens, duplicates dropped; ValueError on a bad one.
+    """
+    if ks is not None and (not ks or min(ks) < 1):
+        raise ValueError(f"every k must be >= 1, got {list(ks)}")
+    if tokens is None:
+        if not ks:
+            return check_gradients(default)
+        tokens = dict.fromkeys(parse_gradient(t)[0] for t in default)
+    out = []
+    for token in tokens:
+        label, k = parse_gradient(token)
+        explicit = label == "bp" or ":" in token
+        out += [gradient_token(label, k)] if explicit or not ks else [f"{label}:{j}" for j in ks]
+    return check_gradients(out)

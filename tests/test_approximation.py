@@ -1,15 +1,12 @@
-"""Approximation quality: engines, statistics, the experiment script and its figures."""
+"""Approximation quality: engines, statistics, config, the experiment script and its figures."""
 import csv
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-import approximation_quality as script
 from fgexp import approximation as approx
 from fgexp import plots
 
@@ -96,26 +93,25 @@ def test_cone_cell_writes_angle_and_projection_ignores_it():
     assert by_method["mean"]["cos_mean"] < 0.5  # a narrow cone: the mean stays near v_1
 
 
-# ---- the script ----------------------------------------------------------------------------
+# ---- config and the script -----------------------------------------------------------------
 
+SCRIPT = "experiments/approximation_quality.py"
 SMALL = ["--n", "1,4,16", "--k", "1,2,8", "--samples", "40", "--no-progress"]
 
 
-def test_script_smoke_subprocess_writes_schema_and_raw(tmp_path, repo_root):
+def test_script_smoke_writes_schema_and_raw_and_both_grids_share_a_directory(tmp_path, script):
     out = tmp_path / "run"
-    subprocess.run([sys.executable, str(repo_root / "experiments/approximation_quality.py"),
-                    "--preset", "smoke", "--out", str(out), "--raw", "--no-progress"],
-                   check=True, capture_output=True, cwd=tmp_path)
-    # The cone grid joins the same directory (same config); in-process to save a start-up.
-    assert script.main(["--preset", "smoke", "--cone", "--out", str(out), "--raw",
-                        "--no-progress"]) == 0
+    for extra in ([], ["--cone"]):  # the cone grid joins the same directory (same config)
+        done = script(SCRIPT, "--preset", "smoke", "--out", out, "--raw", "--no-progress",
+                      *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
     with open(out / "approximation_quality.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         assert reader.fieldnames == list(approx.COLUMNS)
         rows = list(reader)
     normal = [r for r in rows if r["sampler"] == "normal"]
     cone = [r for r in rows if r["sampler"] == "cone"]
-    preset = script.PRESETS["smoke"]
+    preset = approx.PRESETS["smoke"]
     assert len(normal) == len(preset.n) * (1 + 5 * len(preset.k))
     assert len(cone) == len(preset.cone_angles) * len(preset.cone_k) * 2
     assert all(r["angle_deg"] == "" for r in normal) and all(r["angle_deg"] for r in cone)
@@ -126,43 +122,55 @@ def test_script_smoke_subprocess_writes_schema_and_raw(tmp_path, repo_root):
     assert (out / "approximation_quality.manifest.json").exists()
 
 
-@pytest.mark.parametrize("bad", [["--methods", "mean,bogus"], ["--k", "0"], ["--k", "2,-1"],
-                                 ["--n", "0"], ["--samples", "1"], ["--angles", "30"],
-                                 ["--cone", "--angles", "0"], ["--k", "2,2"]])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, bad):
+def test_cells_give_the_rows_of_run_cell():
+    config = approx.resolve(approx.PRESETS["smoke"], {"n": [1, 4], "k": [2], "samples": 20})
+    cells = approx.cells(config)
+    assert [cid for cid, _ in cells] == ["normal/n=1", "normal/n=4"]
+    rows, _ = approx.run_cell(**cells[1][1])
+    assert rows == approx.run_cell(4, [2], approx.METHODS, 20, seed=0)[0]
+    cone = approx.cells(config, cone=True)
+    assert [cid for cid, _ in cone] == ["cone/n=16/angle=30", "cone/n=16/angle=90"]
+
+
+@pytest.mark.parametrize("overrides,cone,message", [
+    ({"methods": ["mean", "bogus"]}, False, "unknown method 'bogus'"),
+    ({"k": [0]}, False, "every k must be >= 1"), ({"k": [2, -1]}, False, "every k must be >= 1"),
+    ({"n": [0]}, False, "every n must be >= 1"), ({"samples": 1}, False, "--samples must be >= 2"),
+    ({"angles": [30.0]}, False, "only with --cone"), ({"angles": [0.0]}, True, "cone angles"),
+    ({"k": [2, 2]}, False, "lists a value twice"), ({"methods": ["single"]}, True, "for the cone"),
+    ({"n": [1], "k": [4]}, True, "needs n >= 2"), ({"engine": "fast"}, False, "unknown engine"),
+])
+def test_bad_settings_are_one_value_error(overrides, cone, message):
+    with pytest.raises(ValueError, match=message):
+        approx.validate(approx.resolve(approx.PRESETS["smoke"], overrides, cone), cone)
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, script):
     out = tmp_path / "run"
-    assert script.main(["--out", str(out), *SMALL, *bad]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+    done = script(SCRIPT, "--out", out, *SMALL, "--methods", "mean,bogus")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_resume_skips_done_cells(tmp_path, capsys):
+def test_rerun_skips_done_cells_and_another_config_is_refused(tmp_path, script):
     out = tmp_path / "run"
-    assert script.main(["--out", str(out), *SMALL]) == 0
-    csv_path = out / "approximation_quality.csv"
-    df = pd.read_csv(csv_path)
-    # Tamper with a finished cell: a rerun must keep it (skipped), recompute only n = 16.
-    df.loc[df["n"] == 4, "cos_mean"] = -7.0
-    df.to_csv(csv_path, index=False)
-    done = (out / "approximation_quality.done").read_text().split()
-    (out / "approximation_quality.done").write_text(
-        "\n".join(c for c in done if c != "normal/n=16") + "\n")
-    capsys.readouterr()
-    assert script.main(["--out", str(out), *SMALL]) == 0
-    assert "1 cells computed, 2 already done" in capsys.readouterr().out
-    again = pd.read_csv(csv_path)
-    assert (again.loc[again["n"] == 4, "cos_mean"] == -7.0).all()
-    assert len(again) == len(df)
-    # A different config is refused before anything is written.
-    assert script.main(["--out", str(out), *SMALL[:-2], "41", "--no-progress"]) == 2
+    assert script(SCRIPT, "--out", out, *SMALL).returncode == 0
+    before = (out / "approximation_quality.csv").read_bytes()
+    again = script(SCRIPT, "--out", out, *SMALL)
+    assert again.returncode == 0 and "0 cells computed, 3 already done" in again.stdout
+    assert (out / "approximation_quality.csv").read_bytes() == before
+    other = script(SCRIPT, "--out", out, *SMALL[:-2], "41", "--no-progress")
+    assert other.returncode == 2 and (out / "approximation_quality.csv").read_bytes() == before
 
 
 def test_flags_override_the_cone_grid_only_with_cone():
-    args = script.parse(["--preset", "paper", "--cone", "--k", "2,4", "--angles", "45"])
-    config = script.resolve(args)
+    paper = approx.PRESETS["paper"]
+    config = approx.resolve(paper, {"k": [2, 4], "angles": [45.0]}, cone=True)
     assert config.cone_k == (2, 4) and config.cone_angles == (45.0,)
-    assert config.k == script.PRESETS["paper"].k
+    assert config.k == paper.k
+    assert approx.resolve(paper, {"k": [2, 4]}).k == (2, 4)
+    assert approx.resolve(paper, {"samples": "50"}).samples == 50  # --set style strings
 
 
 # ---- figures -------------------------------------------------------------------------------

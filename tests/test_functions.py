@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fgexp import functions as F
+from fgexp import paper
 
 
 def test_batched_over_leading_dimensions():
@@ -38,8 +39,8 @@ def test_paper_start_points_and_step_limits():
     assert torch.equal(F.get("sphere").start(3), -torch.ones(3))
     assert torch.equal(F.get("rosenbrock").start(3), torch.tensor([-1.0, 0.0, 0.0]))
     assert torch.equal(F.get("styblinski-tang").start(3), torch.zeros(3))
-    assert [F.get(n).max_steps for n in ("sphere", "rosenbrock", "styblinski-tang")] == [
-        1000, 25000, 1000]
+    assert [F.get(n).max_steps for n in paper.FUNCTIONS] == [1000, 25000, 1000]
+    assert list(F.FUNCTIONS) == list(paper.FUNCTIONS)
 
 
 def test_unknown_function():

@@ -1,9 +1,9 @@
-import math
 
 import pytest
 import torch
 
 from fgexp import tangents
+from fgexp.paper import CONE_ANGLES
 
 
 def test_shapes_and_batched_leading_dims():
@@ -33,7 +33,7 @@ def test_normalize_gives_unit_rows():
     assert torch.allclose(v.norm(dim=-1), torch.ones(4, 3), atol=1e-6)
 
 
-@pytest.mark.parametrize("angle", [15.0, 30.0, 45.0, 60.0, 75.0, 90.0, 7.5])
+@pytest.mark.parametrize("angle", [*CONE_ANGLES, 7.5])
 def test_cone_angles_exact(angle):
     v = tangents.sample("cone", (20,), 16, 64, torch.Generator().manual_seed(2),
                         angle_deg=angle, dtype=torch.float64)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-MODELS = ("fc", "resnet18", "vit")
+from fgexp.paper import MODELS  # noqa: F401  (importable from here too)
 FC_WIDTH = 1024      # default hidden width of the FC network
 VIT_HIDDEN = 256     # default ViT hidden size; the MLP is twice as wide
 VIT_LAYERS = 6
