@@ -16,7 +16,8 @@ export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
 .PHONY: help install test test-all smoke plots figure-3 figure-4 figure-5 figure-6 table-c \
-        table-networks lr-search slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
+        table-networks lr-search lrs-closed-form lrs-fc-cpu lrs-resnet-vit-cpu \
+        slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -85,6 +86,18 @@ table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table
 lr-search: $(STAMP) ## Propulate LR search over MPI: make lr-search TASK=... RANKS=2
 	@test -n "$(TASK)" || { echo "usage: make lr-search TASK=<task> [RANKS=2]; list tasks: $(PY) experiments/lr_search.py --list-tasks"; exit 2; }
 	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS) $(ARGS)
+
+# The committed LR tables, each rebuilt by its recipe (fgexp/lr/recipes.py; see what one searches
+# with `$(PY) experiments/lr_search.py --recipe NAME --list-settings`). ARGS narrows, e.g.
+# ARGS='--select n=4 --lr-dir scratch/lrs'.
+lrs-closed-form: $(STAMP) ## LR table closed_form.csv (Figures 4, 5b; hours on a CPU)
+	$(PY) experiments/lr_search.py --recipe closed-form --lr-dir $(RESULTS)/lrs $(ARGS)
+
+lrs-fc-cpu: $(STAMP) ## LR table fc_mnist.csv of the FC cpu preset (about 20 min on 2 cores)
+	$(PY) experiments/lr_search.py --recipe fc-cpu --lr-dir $(RESULTS)/lrs $(ARGS)
+
+lrs-resnet-vit-cpu: $(STAMP) ## LR table resnet_vit.csv of the ResNet18/ViT cpu preset
+	$(PY) experiments/lr_search.py --recipe resnet-vit-cpu --lr-dir $(RESULTS)/lrs $(ARGS)
 
 slurm-lr-search: $(STAMP) ## write the settings list for TASK and submit the SLURM job array
 	@test -n "$(TASK)" || { echo "usage: make slurm-lr-search TASK=<task>"; exit 2; }

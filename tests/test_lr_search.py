@@ -2,36 +2,20 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from fgexp import lr_search
-from fgexp.lr_propulate import PropulateConfig, PruningRule
-from fgexp.lr_search import (GridConfig, MissingLearningRate, extract_best, lookup_lr, merge_rows,
-                             parse_selection, select_settings)
+from fgexp.lr.grid import GridConfig, grid_search
+from fgexp.lr.propulate_backend import PropulateConfig
+from fgexp.lr.pruning import PruningRule
+from fgexp.lr.registry import get_task, parse_selection, select_settings
+from fgexp.lr.table import MissingLearningRate, extract_best, lookup_lr, merge_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "lr_search.py"
-MPIRUN = Path(sys.executable).parent / "mpirun"
-COLUMNS = ("function", "n", "angle_deg")
-# A tiny closed-form setting: Sphere, n = 4, single tangent, 50 steps, 10 interim losses.
-TINY = ["--task", "closed_form", "--set", "max_steps=50", "--set", "interim=10", "--no-progress"]
-
-
-def run_script(*args, mpi_ranks: int | None = None, timeout: int = 120):
-    cmd = [sys.executable, str(SCRIPT), *map(str, args)]
-    if mpi_ranks:
-        cmd = [str(MPIRUN), "-n", str(mpi_ranks), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+from lr_cli import COLUMNS, TINY  # tests/lr_cli.py, shared with test_lr_recipes.py
+from lr_cli import lr_search as run_script
 
 
 def read_table(path: Path) -> list[dict]:
@@ -60,6 +44,8 @@ def test_extract_best_ignores_non_finite_and_refuses_none_left():
     assert extract_best([1e-3, 1e-2, 1e-1], [math.nan, 2.0, math.inf]) == pytest.approx(1e-2)
     with pytest.raises(ValueError, match="finite"):
         extract_best([1e-3], [math.nan])
+    with pytest.raises(ValueError, match="tolerance"):
+        extract_best([1e-3], [1.0], tolerance=-1)
 
 
 # --- tables and lookup -------------------------------------------------------------------------
@@ -105,9 +91,9 @@ def test_lookup_matches_setting_and_names_the_command_when_missing(tmp_path):
 # --- settings ----------------------------------------------------------------------------------
 
 def test_selection_of_paper_settings():
-    task = lr_search.get_task("closed_form:paper")
+    task = get_task("closed_form:paper")
     assert len(task.settings()) == 3 * 11 * 8 and task.name == "closed_form"
-    assert lr_search.get_task("closed_form").name == "closed_form_smoke"  # never the paper table
+    assert get_task("closed_form").name == "closed_form_smoke"  # never the paper table
     chosen = select_settings(task, parse_selection(["function=sphere", "n=4,8", "gradient=frog"]))
     assert [(s["n"], s["k"]) for s in chosen] == [(4, 2), (4, 4), (4, 16), (8, 2), (8, 4), (8, 16)]
     with pytest.raises(ValueError, match="unknown gradient"):
@@ -115,13 +101,13 @@ def test_selection_of_paper_settings():
     with pytest.raises(ValueError, match="cannot select on"):
         select_settings(task, parse_selection(["width=3"]))
     with pytest.raises(ValueError, match="unknown task"):
-        lr_search.get_task("nope")
+        get_task("nope")
 
 
 # --- grid backend ------------------------------------------------------------------------------
 
 def tiny_task(**overrides):
-    return lr_search.get_task("closed_form", max_steps=40, interim=8, **overrides)
+    return get_task("closed_form", max_steps=40, interim=8, **overrides)
 
 
 def test_batched_grid_equals_each_rate_alone_and_the_objective():
@@ -154,9 +140,9 @@ class QuadraticTask:
 
 def test_grid_search_without_batched_and_refinement_narrows(tmp_path):
     task = QuadraticTask()
-    coarse = lr_search.grid_search(task, task.settings()[0], GridConfig(points_per_decade=1,
+    coarse = grid_search(task, task.settings()[0], GridConfig(points_per_decade=1,
                                                                         seeds=(0,)))
-    fine = lr_search.grid_search(task, task.settings()[0], GridConfig(points_per_decade=1,
+    fine = grid_search(task, task.settings()[0], GridConfig(points_per_decade=1,
                                                                       refine=3, seeds=(0,)))
     assert coarse["evaluations"] == 7 and fine["evaluations"] == 7 + 3 * 9
     assert abs(math.log10(fine["lr"]) + 2.5) < abs(math.log10(coarse["lr"]) + 2.5)
@@ -205,25 +191,18 @@ def test_pruning_merge_commutes():
 
 # --- bad input ---------------------------------------------------------------------------------
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("lr_search_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("args, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     ([*TINY, "--select", "gradient=fg-nope"], "unknown gradient fg-nope"),
     ([*TINY, "--lo", "0", "--hi", "-6"], "lo < hi"),
-    ([*TINY, "--set", "max_step=3"], "unknown task option max_step"),
+    ([*TINY, "--set", "max_step=3"], "unknown option max_step"),
     ([*TINY, "--backend", "propulate", "--population", "0"], "--population >= 1"),
+    ([*TINY, "--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    status = load_script().main([*map(str, args), "--lr-dir", str(tmp_path / "lrs")])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert message in err and len(err.strip().splitlines()) == 1
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_script(*args, "--lr-dir", tmp_path / "lrs")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "lrs").exists()
 
 
@@ -249,8 +228,8 @@ def test_mpi_refuses_unwritable_checkpoints_on_every_rank(tmp_path):
 
 @pytest.mark.mpi
 def test_propulate_two_ranks_near_grid_optimum_and_resumes(tmp_path):
-    task = lr_search.get_task("closed_form", max_steps=50, interim=10)  # TINY's task
-    grid_lr = lr_search.grid_search(task, task.settings()[0],
+    task = get_task("closed_form", max_steps=50, interim=10)  # TINY's task
+    grid_lr = grid_search(task, task.settings()[0],
                                     GridConfig(points_per_decade=8, seeds=(0,)))["lr"]
 
     common = [*TINY, "--backend", "propulate", "--ranks", "2", "--seeds", "0",

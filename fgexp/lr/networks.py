@@ -1,4 +1,4 @@
-"""Learning-rate search tasks for the network experiments (fgexp.lr_search.Task).
+"""Learning-rate search tasks for the network experiments (fgexp.lr.registry.Task).
 
 A setting is (model, data set[, width], gradient, k, sampler); one evaluation trains the network
 with the experiment's own loop (fgexp.nn.train.epochs) and yields, after each epoch, the best
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fgexp.lr_search import RATE_COLUMNS
+from fgexp.config import coerce
+from fgexp.lr.table import RATE_COLUMNS
 from fgexp.nn import runs as nets
 from fgexp.nn.train import epochs
 
@@ -60,31 +61,8 @@ class NetworkTask:
         cfg = nets.train_config(self.config, run, lr, self.horizon(setting))
         for _, state, _ in epochs(model, data, nets.spec_of(run, self.config), cfg, seed,
                                   device=device):
-            yield math.inf if state.status == "diverged" else state.best_val
-
-
-def coerce(config: nets.NetConfig, overrides: dict) -> dict:
-    """Command-line strings (lr_search.py --set key=value) -> the field's type."""
-    out = {}
-    for key, value in overrides.items():
-        if key not in {f.name for f in dataclasses.fields(config)}:
-            raise ValueError(f"unknown option {key!r}; allowed: "
-                             f"{', '.join(f.name for f in dataclasses.fields(config))}")
-        current = getattr(config, key)
-        if not isinstance(value, str) or isinstance(current, str):
-            out[key] = value
-        elif isinstance(current, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, tuple):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            numeric = key in ("widths", "seeds")
-            out[key] = tuple(None if v.lower() == "none" else int(v) if numeric else v
-                             for v in items)
-        elif value.lower() == "none":
-            out[key] = None
-        else:
-            out[key] = float(value) if key == "lr" else int(value)
-    return out
+            diverged = state.status == "diverged" or not math.isfinite(state.best_val)
+            yield math.inf if diverged else state.best_val
 
 
 def _task(name: str, columns: tuple[str, ...], preset: str, overrides) -> NetworkTask:
@@ -93,7 +71,7 @@ def _task(name: str, columns: tuple[str, ...], preset: str, overrides) -> Networ
         raise ValueError(f"unknown preset {preset!r} for {name}; allowed: {', '.join(presets)}")
     config = dataclasses.replace(presets[preset], lr=None)
     try:
-        config = dataclasses.replace(config, **coerce(config, overrides))
+        config = coerce(config, overrides)
     except (TypeError, ValueError) as err:
         raise ValueError(f"bad option for {name}: {err}") from None
     nets.validate(config)

@@ -6,7 +6,8 @@ extracts the best rate and merges one row per setting into the LR table. Every s
 its own checkpoint directory, so an interrupted search resumes where it stopped.
 
 mpi4py and propulate are imported inside the functions that need them, so importing this
-module (or fgexp.lr_search) never starts MPI.
+module (or fgexp.lr) never starts MPI. A diverged evaluation has loss inf and is never
+extracted; a setting whose evaluations all diverged gets no row.
 """
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fgexp.lr_search import (Task, check_limits, check_writable_dir, extract_best, log_search,
-                             merge_rows, result_row, setting_id, table_path)
+from fgexp.lr.grid import all_diverged_message, check_limits
+from fgexp.lr.pruning import surrogate_factory
+from fgexp.lr.registry import Task
+from fgexp.lr.table import (LRTableError, check_outputs, check_tolerance, check_writable_dir,
+                            extract_best, log_search, merge_rows, result_row, setting_id,
+                            table_path)
 
 LIMIT_NAME = "lr_log10"  # the one searched parameter
 CHECKPOINT = "island_0_ckpt.pickle"  # Propulate's checkpoint file for island 0
@@ -51,6 +56,7 @@ class PropulateConfig:
             raise ValueError("each evaluation needs at least one training seed")
         if self.prune_factor <= 1 or not 0 <= self.prune_fraction < 1:
             raise ValueError("need a prune factor > 1 and a prune fraction in [0, 1)")
+        check_tolerance(self.tolerance)
         return self
 
     def generations(self, ranks: int) -> int:
@@ -61,63 +67,6 @@ class PropulateConfig:
         """Options a checkpoint must share with the run that resumes it."""
         return {"lo": self.lo, "hi": self.hi, "population": self.population,
                 "seeds": list(self.seeds)}
-
-
-class PruningRule:
-    """The paper's pruning rule, as plain Python (wrapped into a Propulate surrogate below).
-
-    A run is cancelled once its interim loss has exceeded `factor` times the best finished
-    run's interim loss at the same step for more than `fraction` of its steps. "Its steps" is
-    the `horizon` (interim losses in a full run) when the task tells it, else the length of
-    the best run. Interim losses beyond the best run's last one compare against its last.
-    """
-
-    def __init__(self, factor: float = 2.0, fraction: float = 0.05, horizon: int | None = None):
-        self.factor, self.fraction, self.horizon = factor, fraction, horizon
-        self.best_loss = math.inf
-        self.best_curve: list[float] = []
-        self._curve: list[float] = []
-        self._violations = 0
-        self._cancelled = False
-
-    def start_run(self, ind=None) -> None:
-        self._curve, self._violations, self._cancelled = [], 0, False
-
-    def cancel(self, loss: float) -> bool:
-        step = len(self._curve)
-        self._curve.append(float(loss))
-        if not self.best_curve:
-            return False
-        reference = self.best_curve[min(step, len(self.best_curve) - 1)]
-        if not loss <= self.factor * reference:  # NaN counts as a violation
-            self._violations += 1
-        allowed = self.fraction * (self.horizon or len(self.best_curve))
-        self._cancelled = self._violations > allowed
-        return self._cancelled
-
-    def update(self, loss: float) -> None:
-        """A run finished with final `loss`; a better complete run becomes the reference."""
-        if not self._cancelled and math.isfinite(loss) and self._curve:
-            self.merge({"loss": float(loss), "curve": self._curve})
-
-    def data(self) -> dict:
-        return {"loss": self.best_loss, "curve": list(self.best_curve)}
-
-    def merge(self, data: Mapping) -> None:
-        """Keep the better of two references; ties break on the curve, so merging commutes."""
-        if (data["loss"], list(data["curve"])) < (self.best_loss, self.best_curve):
-            self.best_loss, self.best_curve = float(data["loss"]), list(data["curve"])
-
-
-def surrogate_factory(factor: float, fraction: float, horizon: int | None):
-    """A factory of Propulate surrogates that apply PruningRule."""
-    from propulate.surrogate import Surrogate
-
-    class PruningSurrogate(PruningRule, Surrogate):
-        def __init__(self):
-            PruningRule.__init__(self, factor, fraction, horizon)
-
-    return PruningSurrogate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +95,14 @@ def check_checkpoint(path: Path, config: PropulateConfig) -> None:
     check_writable_dir(path, "checkpoint directory")
     options = path / "search.json"
     if options.exists():
-        old = json.loads(options.read_text())
+        try:
+            old = json.loads(options.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LRTableError(f"checkpoint options {options}: not JSON ({err}); "
+                               "remove the checkpoint directory or use another --checkpoints") \
+                from None
+        if not isinstance(old, dict):
+            raise LRTableError(f"checkpoint options {options}: expected a JSON object")
         if old != config.fingerprint():
             diff = ", ".join(k for k in old.keys() | config.fingerprint().keys()
                              if old.get(k) != config.fingerprint().get(k))
@@ -249,7 +205,8 @@ def _unique(population: list) -> list:
 
 def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm,
                    progress: bool = False) -> dict | None:
-    """One setting's search on all ranks; rank 0 returns the row, the others None."""
+    """One setting's search on all ranks; rank 0 returns the row (or {"all_diverged": True}
+    when no evaluation has a finite loss), the others None."""
     from propulate import get_default_propagator
     from tqdm import tqdm
     rank = comm.Get_rank()
@@ -280,52 +237,61 @@ def search_setting(task: Task, setting: Mapping, config: PropulateConfig, comm,
     population = _unique(propulator.population)
     lrs = [10 ** float(ind[LIMIT_NAME]) for ind in population]
     losses = [float(ind.loss) for ind in population]
+    if not any(map(math.isfinite, losses)):
+        return {"all_diverged": True, "evaluations": len(population)}
     lr = extract_best(lrs, losses, config.tolerance)
     return result_row(setting, task.setting_columns, lr, losses[lrs.index(lr)], len(population),
                       "propulate")
 
 
 def run_propulate(task: Task, settings: Sequence[Mapping], config: PropulateConfig,
-                  lr_dir: Path | str, ranks: int | None = None, progress: bool = True) -> list[dict]:
+                  lr_dir: Path | str, ranks: int | None = None, progress: bool = True
+                  ) -> tuple[list[dict], list[str]]:
     """Search every setting in turn on all ranks; rank 0 merges each row as soon as it is done.
+
+    Returns (rank 0's rows, one message per setting whose evaluations all diverged); the
+    messages reach every rank, so all of them can exit with the same status.
 
     Every check happens before any MPI communication and identically on all ranks, so a bad
     option ends every rank with the same one-line error instead of leaving some of them waiting.
     """
     config.validate()
-    check_writable_dir(lr_dir, "LR table directory")
+    check_outputs(lr_dir, task.name, task.setting_columns)
     for setting in settings:
         check_checkpoint(checkpoint_dir(config, task, setting), config)
     comm = check_mpi(ranks)
     rank = comm.Get_rank()
     try:
         _use_gpu_of_rank(rank)
-        rows = _search_all(task, settings, config, lr_dir, comm, progress and rank == 0)
+        rows, failed = _search_all(task, settings, config, lr_dir, comm, progress and rank == 0)
     except Exception as err:  # one failing rank must not leave the others blocked forever
         # sys.__stderr__: the script silences the other ranks' duplicate one-line refusals only.
         print(f"error on rank {rank}: {type(err).__name__}: {err}", file=sys.__stderr__,
               flush=True)
         comm.Abort(1)
         raise
-    return rows
+    return rows, failed
 
 
-def _search_all(task, settings, config, lr_dir, comm, progress: bool) -> list[dict]:
+def _search_all(task, settings, config, lr_dir, comm, progress: bool):
     from tqdm import tqdm
-    rows = []
+    rows, failed = [], []
+    path = table_path(lr_dir, task.name)
     for setting in tqdm(settings, desc=f"propulate {task.name}", unit="setting",
                         disable=not progress):
         row = search_setting(task, setting, config, comm, progress)
-        if row is not None:
-            merge_rows(table_path(lr_dir, task.name), task.setting_columns, [row])
+        if row is not None and row.get("all_diverged"):
+            failed.append(all_diverged_message(task, setting, config.lo, config.hi, path))
+        elif row is not None:
+            merge_rows(path, task.setting_columns, [row])
             rows.append(row)
             print(f"{setting_id(setting, task.setting_columns)}: lr={row['lr']:.4g} "
                   f"loss={row['loss']:.4g} ({row['evaluations']} evaluations)", flush=True)
     if comm.Get_rank() == 0:
         log_search(lr_dir, task.name, {"backend": "propulate", "ranks": comm.Get_size(),
-                                       "config": dataclasses.asdict(config), "rows": rows})
-    comm.barrier()
-    return rows
+                                       "config": dataclasses.asdict(config), "rows": rows,
+                                       "all_diverged": failed})
+    return rows, comm.bcast(failed, root=0)
 
 
 def _use_gpu_of_rank(rank: int) -> None:

@@ -1,0 +1,216 @@
+"""LR recipes: the exact searches that made each committed table in results/lrs/.
+
+A recipe is a list of stages run in order into one table; a stage is one search (task preset,
+`--set` overrides, the settings it covers, backend and its config). A later stage replaces the
+rows of the settings it covers, so each row of a table comes from the last stage that covers
+its setting. `make lrs-<recipe>` runs one; `experiments/lr_search.py --recipe NAME
+--list-settings` prints what it would search, without compute. Running a recipe writes
+`<table>.recipe.json` beside the table, naming the make target that rebuilds it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fgexp.lr.closed_form import FullHorizonConfig, refine_full_horizon
+from fgexp.lr.grid import GridConfig, log_grid, run_grid
+from fgexp.lr.registry import get_task, matching, parse_selection, settings_as_args
+from fgexp.lr.table import check_outputs, setting_key
+from fgexp.paper import PAPER_NS
+from fgexp.results import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Stage:
+    task: str                                  # "task:preset", as for --task
+    select: tuple[str, ...] = ()               # --select items: the settings it covers
+    options: tuple[tuple[str, str], ...] = ()  # --set overrides of the task preset
+    grid: GridConfig | None = None             # backend "grid" ...
+    full_horizon: FullHorizonConfig | None = None  # ... or "grid-full" around the table's rate
+
+    @property
+    def backend(self) -> str:
+        return "grid" if self.grid is not None else "grid-full"
+
+    def make_task(self):
+        return get_task(self.task, **dict(self.options))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str                  # --recipe NAME; make target lrs-NAME
+    table: str                 # LR table name: <lr_dir>/<table>.csv
+    stages: tuple[Stage, ...]  # run in order
+
+    @property
+    def make_target(self) -> str:
+        return f"lrs-{self.name}"
+
+
+# Closed form (Figures 4 and 5b): 4 points per decade plus one refinement round of 5 rates,
+# seeds 0 and 1, the 5% rule. Rosenbrock, for cost, first on a 2,500-step horizon over
+# [1e-6, 1e-1] with tolerance 0 (on the short horizon every small rate lies within 5%), then
+# re-searched on the full 25,000 steps around that rate, twice, the second time finer.
+_CLOSED_FORM_GRID = GridConfig(lo=-6.0, hi=0.0, points_per_decade=4, refine=1, refine_points=5,
+                               seeds=(0, 1), tolerance=0.05)
+_ROSENBROCK_FULL = "n=" + ",".join(str(n) for n in PAPER_NS if 2 <= n <= 256)
+_ROSENBROCK_FINE = "n=" + ",".join(str(n) for n in PAPER_NS if 4 <= n <= 256)
+CLOSED_FORM = Recipe("closed-form", "closed_form", (
+    Stage("closed_form:paper", ("function=sphere",), grid=_CLOSED_FORM_GRID),
+    Stage("closed_form:paper", ("function=styblinski-tang",), grid=_CLOSED_FORM_GRID),
+    Stage("closed_form:cone", grid=_CLOSED_FORM_GRID),
+    Stage("closed_form:paper", ("function=rosenbrock",), (("max_steps", "2500"),),
+          grid=dataclasses.replace(_CLOSED_FORM_GRID, hi=-1.0, tolerance=0.0)),
+    Stage("closed_form:paper", ("function=rosenbrock", _ROSENBROCK_FULL),
+          full_horizon=FullHorizonConfig(below=1.25, above=0.25, step=0.25, seeds=(0, 1),
+                                         tolerance=0.0)),
+    Stage("closed_form:paper", ("function=rosenbrock", _ROSENBROCK_FINE),
+          full_horizon=FullHorizonConfig(below=0.25, above=0.25, step=0.0625, seeds=(0, 1),
+                                         tolerance=0.0)),
+))
+
+# FC on mnist5k (cpu preset): the whole 20-epoch training horizon (the preset's search_epochs
+# is 5, whose rates later diverged), seeds 0 and 1, 3 points per decade, per-gradient bounds.
+_FC_OPTIONS = (("search_epochs", "20"),)
+_FC_GRID = GridConfig(points_per_decade=3, seeds=(0, 1), tolerance=0.05)
+FC_CPU = Recipe("fc-cpu", "fc_mnist", tuple(
+    Stage("fc_mnist:cpu", (f"gradient={label}",), _FC_OPTIONS,
+          grid=dataclasses.replace(_FC_GRID, lo=lo, hi=hi))
+    for label, lo, hi in (("bp", -2.0, 0.25), ("fg-mean", -4.0, -1.5), ("frog", -2.0, 0.25))))
+
+# ResNet18/ViT (cpu preset), reduced to fit: one epoch on 256 training images (128 validation
+# and test), seed 0, one rate per decade, 1% tolerance; ViT forward gradients only over the
+# decades where the FC search put those gradients.
+_NET_OPTIONS = (("train_limit", "256"), ("eval_limit", "128"))
+_NET_GRID = GridConfig(lo=-5.0, hi=0.0, points_per_decade=1, seeds=(0,), tolerance=0.01)
+RESNET_VIT_CPU = Recipe("resnet-vit-cpu", "resnet_vit", (
+    Stage("resnet_vit:cpu", ("model=resnet18",), _NET_OPTIONS, grid=_NET_GRID),
+    Stage("resnet_vit:cpu", ("model=vit", "gradient=bp"), _NET_OPTIONS, grid=_NET_GRID),
+    Stage("resnet_vit:cpu", ("model=vit", "gradient=fg-mean"), _NET_OPTIONS,
+          grid=dataclasses.replace(_NET_GRID, lo=-5.0, hi=-3.0)),
+    Stage("resnet_vit:cpu", ("model=vit", "gradient=frog"), _NET_OPTIONS,
+          grid=dataclasses.replace(_NET_GRID, lo=-1.0, hi=0.0)),
+))
+
+RECIPES = {r.name: r for r in (CLOSED_FORM, FC_CPU, RESNET_VIT_CPU)}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def planned(recipe: Recipe, select: Sequence[str] = ()) -> list[tuple[Stage, object, list[dict]]]:
+    """(stage, task, settings) of every stage with settings left after `select` (extra filter).
+
+    Builds every task and checks every selection and config before any compute.
+    """
+    extra = parse_selection(select)
+    plan = []
+    for stage in recipe.stages:
+        task = stage.make_task()
+        if task.name != recipe.table:
+            raise ValueError(f"recipe {recipe.name}: stage {stage.task} writes table "
+                             f"{task.name}, not {recipe.table}")
+        (stage.grid or stage.full_horizon).validate()
+        chosen = matching(task, parse_selection(stage.select))
+        keys = {setting_key(s, task.setting_columns) for s in matching(task, extra)}
+        chosen = [s for s in chosen if setting_key(s, task.setting_columns) in keys]
+        if chosen:
+            plan.append((stage, task, chosen))
+    if not plan:
+        raise ValueError(f"no setting of recipe {recipe.name} matches {' '.join(select)}")
+    return plan
+
+
+def expected_rows(recipe: Recipe) -> dict[tuple, tuple[str, int]]:
+    """Setting key -> (backend, evaluations) of the row the recipe leaves for it (no compute)."""
+    out = {}
+    for stage, task, settings in planned(recipe):
+        for setting in settings:
+            out[setting_key(setting, task.setting_columns)] = (stage.backend,
+                                                               _evaluations(stage))
+    return out
+
+
+def _evaluations(stage: Stage) -> int:
+    if stage.grid is not None:
+        g = stage.grid
+        rates = len(log_grid(g.lo, g.hi, g.points_per_decade)) + g.refine * g.refine_points
+        return rates * len(g.seeds)
+    return len(stage.full_horizon.offsets()) * len(stage.full_horizon.seeds)
+
+
+def describe(stage: Stage, task, settings: Sequence[Mapping]) -> str:
+    """One line: backend, bounds, seeds, tolerance and horizon of a stage."""
+    options = "".join(f" --set {k}={v}" for k, v in stage.options)
+    if stage.grid is not None:
+        g = stage.grid
+        how = (f"grid log10 lr in [{g.lo:g}, {g.hi:g}], {g.points_per_decade} per decade"
+               + (f", {g.refine} refinement(s) of {g.refine_points}" if g.refine else "")
+               + f", seeds {','.join(map(str, g.seeds))}, tolerance {g.tolerance:g}")
+    else:
+        f = stage.full_horizon
+        how = (f"grid-full around the table's rate, -{f.below:g}..+{f.above:g} decades in "
+               f"steps of {f.step:g}, seeds {','.join(map(str, f.seeds))}, "
+               f"tolerance {f.tolerance:g}")
+    return (f"{stage.task}{options} {' '.join('--select ' + s for s in stage.select)}: "
+            f"{how}; horizon {_horizon(task, settings)}; {len(settings)} setting(s)")
+
+
+def _horizon(task, settings) -> str:
+    if hasattr(task, "steps"):
+        steps = sorted({task.steps(s) for s in settings})
+        return "/".join(map(str, steps)) + " steps"
+    return f"{task.horizon(settings[0])} epoch(s)"
+
+
+def listing(recipe: Recipe, select: Sequence[str] = ()) -> list[str]:
+    """What `make lrs-NAME` searches: a header per stage, then one line per setting."""
+    lines = [f"# recipe {recipe.name} (make {recipe.make_target}) -> {recipe.table}.csv"]
+    for i, (stage, task, settings) in enumerate(planned(recipe, select), start=1):
+        lines.append(f"# stage {i}: {describe(stage, task, settings)}")
+        lines += settings_as_args(task, settings)
+    return lines
+
+
+def write_sidecar(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = ()) -> Path:
+    """<table>.recipe.json: the make target and the full recipe that rebuild the table."""
+    path = Path(lr_dir) / f"{recipe.table}.recipe.json"
+    record = {"table": f"{recipe.table}.csv", "make_target": recipe.make_target,
+              "command": f"python experiments/lr_search.py --recipe {recipe.name}",
+              "select": list(select),
+              "stages": [{"task": s.task, "select": list(s.select), "options": dict(s.options),
+                          "backend": s.backend,
+                          "config": dataclasses.asdict(s.grid or s.full_horizon)}
+                         for s in recipe.stages]}
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def run_recipe(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = (),
+               progress: bool = True) -> tuple[list[dict], list[str]]:
+    """Run every stage in order into <lr_dir>/<table>.csv; (rows, all-diverged messages).
+
+    Every stage's task, selection and config, and the table directory, table and log, are
+    checked before the first stage computes anything.
+    """
+    plan = planned(recipe, select)
+    check_outputs(lr_dir, recipe.table, plan[0][1].setting_columns)
+    rows, failed = [], []
+    for i, (stage, task, settings) in enumerate(plan, start=1):
+        extra = {"recipe": recipe.name, "make_target": recipe.make_target, "stage": i}
+        if stage.grid is not None:
+            done, bad = run_grid(task, settings, stage.grid, lr_dir, progress, extra)
+        else:
+            done, bad = refine_full_horizon(
+                task, settings, stage.full_horizon, lr_dir,
+                f"python experiments/lr_search.py --recipe {recipe.name}", progress, extra)
+        rows += done
+        failed += bad
+    write_sidecar(recipe, lr_dir, select)
+    return rows, failed

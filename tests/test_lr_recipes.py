@@ -1,0 +1,198 @@
+"""LR recipes, diverging rates and bad LR-side inputs (fgexp.lr, experiments/lr_search.py)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fgexp.lr import recipes
+from fgexp.lr.closed_form import FullHorizonConfig, refine_full_horizon
+from fgexp.lr.grid import GridConfig, grid_evaluate
+from fgexp.lr.registry import get_task, parse_selection, select_settings
+from fgexp.lr.table import LRTableError, lookup_lr, merge_rows, read_table, setting_key
+
+from lr_cli import COLUMNS, ROOT, TINY, lr_search  # tests/lr_cli.py, shared with test_lr_search.py
+
+LRS = ROOT / "results" / "lrs"
+
+
+def one_line(result, status: int = 2) -> str:
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_recipe_leaves_the_committed_tables_settings_backends_and_evaluations(name):
+    """No compute: every committed row is the one the recipe's last covering stage writes."""
+    recipe = recipes.get_recipe(name)
+    task = recipe.stages[0].make_task()
+    committed = {setting_key(r, task.setting_columns): (r["backend"], int(r["evaluations"]))
+                 for r in read_table(LRS / f"{recipe.table}.csv", task.setting_columns)}
+    assert recipes.expected_rows(recipe) == committed
+
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_each_committed_table_names_its_make_target(name):
+    recipe = recipes.get_recipe(name)
+    sidecar = json.loads((LRS / f"{recipe.table}.recipe.json").read_text())
+    assert sidecar["make_target"] == f"lrs-{name}" and sidecar["table"] == f"{recipe.table}.csv"
+    assert len(sidecar["stages"]) == len(recipe.stages)
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"\nlrs-{name}:" in makefile and f"--recipe {name}" in makefile
+
+
+def test_fc_recipe_searches_the_whole_20_epoch_horizon():
+    listing = recipes.listing(recipes.get_recipe("fc-cpu"))
+    stages = [line for line in listing if line.startswith("# stage")]
+    assert len(stages) == 3 and all("horizon 20 epoch(s)" in s for s in stages)
+    assert sum(not line.startswith("#") for line in listing) == 16
+
+
+def test_recipe_list_settings_cli_and_refusals(tmp_path):
+    listed = lr_search("--recipe", "closed-form", "--select", "function=rosenbrock",
+                       "--select", "n=2", "--list-settings")
+    assert listed.returncode == 0, listed.stderr
+    headers = [line for line in listed.stdout.splitlines() if line.startswith("# stage")]
+    assert len(headers) == 2 and "horizon 2500 steps" in headers[0]
+    assert "grid-full" in headers[1] and "horizon 25000 steps" in headers[1]
+    assert "--lo" in one_line(lr_search("--recipe", "fc-cpu", "--lo", "-3"))
+    assert "unknown recipe" in one_line(lr_search("--recipe", "nope"))
+
+
+def test_closed_form_recipe_reproduces_committed_rates(tmp_path):
+    """A cheap slice of make lrs-closed-form (Sphere, n = 2: 8 settings) into a scratch dir."""
+    result = lr_search("--recipe", "closed-form", "--select", "function=sphere",
+                       "--select", "n=2", "--lr-dir", tmp_path, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    committed = {setting_key(r, COLUMNS): r for r in read_table(LRS / "closed_form.csv", COLUMNS)}
+    rows = read_table(tmp_path / "closed_form.csv", COLUMNS)
+    assert len(rows) == 8
+    for row in rows:
+        old = committed[setting_key(row, COLUMNS)]
+        assert (row["lr"], row["evaluations"], row["backend"]) == \
+            (old["lr"], old["evaluations"], old["backend"])
+    sidecar = json.loads((tmp_path / "closed_form.recipe.json").read_text())
+    assert sidecar["select"] == ["function=sphere", "n=2"]
+    log = [json.loads(line) for line in (tmp_path / "closed_form.log.jsonl").open()]
+    assert log[0]["recipe"] == "closed-form" and log[0]["make_target"] == "lrs-closed-form"
+
+
+def test_full_horizon_refinement_merges_grid_full_rows(tmp_path):
+    task = get_task("closed_form:paper")
+    settings = select_settings(task, parse_selection(["function=sphere", "n=2",
+                                                      "gradient=bp,frog", "k=,2"]))
+    rows = [{**s, "lr": 0.01, "loss": 1.0, "evaluations": 1, "backend": "grid"}
+            for s in settings]
+    merge_rows(tmp_path / "closed_form.csv", COLUMNS, rows)
+    refined, failed = refine_full_horizon(task, settings, FullHorizonConfig(), tmp_path,
+                                          "make it", progress=False)
+    assert not failed and len(refined) == 2
+    table = read_table(tmp_path / "closed_form.csv", COLUMNS)
+    assert {r["backend"] for r in table} == {"grid-full"} and len(table) == 2
+    # on the Sphere a larger rate is better within [0.01 / 10^1.25, 0.01 * 10^0.25]
+    assert all(float(r["lr"]) == pytest.approx(0.01 * 10 ** 0.25) for r in table)
+
+
+# --- diverging rates --------------------------------------------------------------------------
+
+def test_diverged_runs_have_loss_inf_even_when_still_finite():
+    task = get_task("closed_form", max_steps=300, gradients=("bp",))
+    setting = task.settings()[0]
+    # lr 1.05 on the Sphere: |1 - 2 lr| > 1, the iterate grows (still finite after 100 steps
+    # of patience); 1e4 overflows; 0.1 converges.
+    losses_lxs = task.batched(setting, [0.1, 1.05, 1e4], [0])
+    assert math.isfinite(float(losses_lxs[0, 0])) and float(losses_lxs[0, 0]) < 1e-6
+    assert float(losses_lxs[1, 0]) == math.inf and float(losses_lxs[2, 0]) == math.inf
+    assert list(task.objective(setting, 1.05, 0))[-1] == math.inf
+
+
+def test_grid_never_picks_a_diverged_rate(tmp_path):
+    task = get_task("closed_form", max_steps=50, interim=10)
+    lrs, losses = grid_evaluate(task, task.settings()[0],
+                                GridConfig(lo=-2, hi=6, points_per_decade=1, seeds=(0,)))
+    assert any(math.isinf(v) for v in losses) and any(math.isfinite(v) for v in losses)
+    result = lr_search(*TINY, "--lo", "-2", "--hi", "6", "--points-per-decade", "1",
+                       "--seeds", "0", "--lr-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (row,) = read_table(tmp_path / "closed_form_smoke.csv", COLUMNS)
+    assert float(row["lr"]) < 1
+    (log,) = [json.loads(line) for line in (tmp_path / "closed_form_smoke.log.jsonl").open()]
+    (diverged,) = log["diverged_lrs"].values()
+    assert min(diverged) >= 1
+
+
+def test_grid_with_every_rate_diverged_writes_no_rate(tmp_path):
+    line = one_line(lr_search(*TINY, "--lo", "3", "--hi", "6", "--lr-dir", tmp_path), status=1)
+    assert "every rate diverged" in line and "no rate written" in line
+    assert not (tmp_path / "closed_form_smoke.csv").exists()
+
+
+@pytest.mark.mpi
+def test_propulate_with_every_rate_diverged_writes_no_rate(tmp_path):
+    result = lr_search(*TINY, "--backend", "propulate", "--ranks", "2", "--lo", "3", "--hi", "6",
+                       "--evaluations", "4", "--checkpoints", tmp_path / "ck", "--lr-dir",
+                       tmp_path / "lrs", mpi_ranks=2)
+    assert result.returncode != 0
+    assert "every rate diverged" in result.stderr and "no rate written" in result.stderr
+    assert not (tmp_path / "lrs" / "closed_form_smoke.csv").exists()
+
+
+# --- bad LR-side inputs: one line naming the file, exit 2, before compute, nothing touched -----
+
+GOOD = "function,n,angle_deg,gradient,k,sampler,lr,loss,evaluations,backend\n" \
+       "sphere,4,,fg-mean,1,normal,0.1,0.5,10,grid\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (GOOD.replace(",backend", "").encode(), "missing backend"),
+    (GOOD.replace("0.1,0.5", "fast,0.5").encode(), "non-numeric"),
+    (GOOD.replace("0.1,0.5", "-1,0.5").encode(), "finite rate > 0"),
+    (GOOD.replace(",grid\n", "\n").encode(), "wrong number of fields"),
+])
+def test_malformed_table_is_refused_before_compute(tmp_path, text, message):
+    table = tmp_path / "closed_form_smoke.csv"
+    table.write_bytes(text)
+    line = one_line(lr_search(*TINY, "--lr-dir", tmp_path))
+    assert str(table) in line and message in line
+    assert table.read_bytes() == text and not (tmp_path / "closed_form_smoke.log.jsonl").exists()
+    with pytest.raises(LRTableError, match=str(table)):
+        lookup_lr(table, {"function": "sphere", "n": 4, "gradient": "bp"}, "make it")
+
+
+def test_garbled_log_and_checkpoint_options_are_refused(tmp_path):
+    log = tmp_path / "lrs" / "closed_form_smoke.log.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"ok": 1}\nnot json\n')
+    assert f"search log {log}: line 2" in one_line(lr_search(*TINY, "--lr-dir", log.parent))
+    log.unlink()
+    options = tmp_path / "ck" / "closed_form_smoke"
+    setting = "function=sphere_n=4_gradient=fg-mean_k=1_sampler=normal"
+    (options / setting).mkdir(parents=True)
+    (options / setting / "search.json").write_bytes(b"\x00{")
+    line = one_line(lr_search(*TINY, "--backend", "propulate", "--checkpoints", tmp_path / "ck",
+                              "--lr-dir", log.parent))
+    assert str(options / setting / "search.json") in line
+    assert not any(log.parent.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="os.access lies about /proc only for root")
+def test_unwritable_lr_dir_is_found_by_creating_a_file():
+    assert "/proc/x is not writable" in one_line(lr_search(*TINY, "--lr-dir", "/proc/x"))
+
+
+def test_importing_the_lr_package_loads_no_mpi_propulate_or_torchvision():
+    code = ("import sys, fgexp.lr, fgexp.lr.recipes, fgexp.lr.grid, fgexp.lr.propulate_backend, "
+            "fgexp.lr.closed_form, fgexp.lr.pruning; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'mpi4py', 'propulate', 'torchvision'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
