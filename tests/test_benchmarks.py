@@ -34,11 +34,25 @@ def test_tensor_peak_counts_what_is_held_at_once(nn_steps):
     assert 3 * mib <= peak < 3 * mib + 64 * 1024
 
 
+def rss_peak_resettable() -> bool:
+    """Linux lets a process reset its own peak resident set; elsewhere RSS peaks are NaN."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def test_peak_memory_reports_both_measures_on_cpu(nn_steps):
-    measured = nn_steps.peak_memory(lambda: torch.ones(2**20).sum(), torch.device("cpu"))
+    mib = 2**20
+    measured = nn_steps.peak_memory(lambda: torch.ones(mib).sum(), torch.device("cpu"))
     assert set(measured) == {"peak_memory_bytes", "peak_rss_bytes"}
-    assert measured["peak_memory_bytes"] >= 4 * 2**20
-    assert math.isnan(measured["peak_rss_bytes"]) or measured["peak_rss_bytes"] >= 0
+    assert 4 * mib <= measured["peak_memory_bytes"] < 4 * mib + 64 * 1024
+    if rss_peak_resettable():
+        # 4 MiB are written; pages already resident before the step may cover a little of it.
+        assert 3.5 * mib <= measured["peak_rss_bytes"] < 64 * mib
+    else:
+        assert math.isnan(measured["peak_rss_bytes"])
 
 
 def test_quick_fc_case_writes_ratios_to_bp(nn_steps, tmp_path):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fgexp.directional import GradientSpec
-from fgexp.nn import gradients as G
+from fgexp.nn import activity
 from fgexp.nn.gradients import set_gradients
 from fgexp.nn.models import BlockModel, build
 
@@ -101,12 +101,13 @@ def test_deeper_fc_forward_equals_simulated():
 @pytest.mark.parametrize("name", ["fc", "vit", "resnet18"])
 def test_activity_directional_derivatives_agree(name):
     model, x, y = tiny(name)
-    scheme = G.activity_scheme(model)
+    scheme = activity.activity_scheme(model)
     assert scheme == ("independent" if name == "resnet18" else "shared")
     spec = GradientSpec("fg-sum", k=4, perturbation="activity")
-    _, views = G._sample_activity_tangents(model, x, spec, torch.Generator().manual_seed(3), scheme)
-    _, forward, _ = G.activity_directional_derivatives(model, x, y, views, "forward", scheme)
-    _, simulated, _ = G.activity_directional_derivatives(model, x, y, views, "simulated", scheme)
+    _, views = activity.sample_tangents(model, x, spec, torch.Generator().manual_seed(3), scheme)
+    derivatives = activity.activity_directional_derivatives
+    _, forward, _ = derivatives(model, x, y, views, "forward", scheme)
+    _, simulated, _ = derivatives(model, x, y, views, "simulated", scheme)
     assert forward.shape == ((len(x), 4) if scheme == "shared" else (4,))
     assert float((forward - simulated).norm() / simulated.norm()) < 1e-4
 
@@ -114,9 +115,10 @@ def test_activity_directional_derivatives_agree(name):
 def test_every_blocks_tangent_reaches_the_loss():
     """Only block 0 is perturbed: the derivative must still see it through later blocks."""
     model, x, y = tiny("fc")
-    views = [torch.randn(2, *s[1:]) for s in G.block_shapes(model, x)]
+    views = [torch.randn(2, *s[1:]) for s in activity.block_shapes(model, x)]
     views = [views[0]] + [torch.zeros_like(v) for v in views[1:]]
-    _, forward, _ = G.activity_directional_derivatives(model, x, y, views, "forward", "shared")
+    _, forward, _ = activity.activity_directional_derivatives(model, x, y, views, "forward",
+                                                              "shared")
     h0 = model.blocks[0](x).detach().requires_grad_(True)
     losses = F.cross_entropy(model.blocks[2](model.blocks[1](h0)), y, reduction="none")
     (g0,) = torch.autograd.grad(losses.sum(), h0)
@@ -152,7 +154,7 @@ def test_projection_with_n_tangents_recovers_the_gradient():
 def test_activity_projection_with_full_span_is_exact():
     """k = N shared tangents span each example's activations: the local VJPs give bp exactly."""
     model, x, y = tiny("fc")
-    n = sum(s[1:].numel() for s in G.block_shapes(model, x))
+    n = sum(s[1:].numel() for s in activity.block_shapes(model, x))
     expected = flat(true_grads(model, x, y))
     got = flat(step(model, x, y, gradient="frog", k=n, perturbation="activity", mode="forward"))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
@@ -172,7 +174,8 @@ def test_recorded_graphs_give_the_recomputed_gradients(name):
     """One tangent per chunk records the blocks' graphs in the tangent pass (no recompute)."""
     model, x, y = tiny(name)
     spec = GradientSpec("frog", k=3, perturbation="activity", chunk_size=1)
-    assert G.keeps_graph(spec, "shared") and not G.keeps_graph(GradientSpec("frog", k=3), "shared")
+    assert activity.keeps_graph(spec, "shared")
+    assert not activity.keeps_graph(GradientSpec("frog", k=3), "shared")
     recorded = flat(step(model, x, y, gradient="frog", k=3, perturbation="activity", chunk_size=1))
     recomputed = flat(step(model, x, y, gradient="frog", k=3, perturbation="activity"))
     torch.testing.assert_close(recorded, recomputed, rtol=1e-5, atol=1e-7)
@@ -247,8 +250,8 @@ def test_batchnorm_statistics_advance_once_like_bp(spec):
 
 def test_schemes_follow_the_coupling():
     model, x, y = bn_mlp()
-    assert G.activity_scheme(model) == "independent"
-    assert G.activity_scheme(model.eval()) == "shared"
+    assert activity.activity_scheme(model) == "independent"
+    assert activity.activity_scheme(model.eval()) == "shared"
     model.train()
     spec = GradientSpec("fg-mean", k=2, perturbation="activity")
     with pytest.raises(ValueError, match="biased"):

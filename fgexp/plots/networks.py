@@ -1,0 +1,154 @@
+"""Figure 6 and the Section 4.5 table: networks trained with forward gradients.
+
+Input: the per-epoch rows of results/fc_mnist.csv or results/resnet_vit.csv (one per run and
+epoch). Only test_acc, test_loss, epoch and status are read, never wall times.
+"""
+from __future__ import annotations
+
+import matplotlib
+import pandas as pd
+from matplotlib import pyplot as plt
+
+from fgexp.plots.style import gradient_colour, gradient_name, gradient_rank, markdown_table
+
+
+def variant_label(gradient: str, k) -> str:
+    """'bp' -> 'BP'; ('fg-mean', 1) -> 'FG single tangent (k=1)';
+    ('frog', 4) -> 'FROG (projection), k=4'."""
+    if gradient == "bp":
+        return gradient_name("bp")
+    if gradient == "fg-mean" and int(k) == 1:
+        return "FG single tangent (k=1)"
+    return f"{gradient_name(gradient)}, k={int(k)}"
+
+
+def variant_color(gradient: str, k, ks) -> tuple:
+    """The gradient's colour, darker for more tangents (k=1 palest)."""
+    base = matplotlib.colors.to_rgb(gradient_colour(gradient))
+    if gradient == "bp":
+        return base
+    rank = sorted(ks).index(int(k)) / max(1, len(ks) - 1)
+    mix = 0.55 * (1 - rank)  # blend towards white for small k
+    return tuple(c + (1 - c) * mix for c in base)
+
+
+RUN_KEYS = ("model", "dataset", "width", "gradient", "k", "mode", "perturbation", "seed")
+
+
+def run_minima(df: pd.DataFrame) -> pd.DataFrame:
+    """Each run's minimum test error (1 - test accuracy) over its epochs, one row per run.
+
+    `df` has k as int (0 for bp). Diverged runs count with the epochs before divergence.
+    """
+    keys = [c for c in RUN_KEYS if c in df.columns]
+    runs = df.assign(test_error=1 - df["test_acc"])
+    return runs.groupby(keys, dropna=False).agg(
+        test_error=("test_error", "min"), epochs=("epoch", "max"),
+        diverged=("status", lambda s: bool((s == "diverged").any()))).reset_index()
+
+
+def summarize_minima(minima: pd.DataFrame, by) -> pd.DataFrame:
+    """Mean, spread (min/max over seeds) and n of the runs' minimum test errors, in percent."""
+    out = minima.groupby(list(by), dropna=False)["test_error"].agg(
+        ["mean", "std", "min", "max", "count"]).reset_index()
+    for c in ("mean", "std", "min", "max"):
+        out[c] = 100 * out[c]
+    return out.rename(columns={"mean": "test_error_pct", "std": "std_pct", "min": "min_pct",
+                               "max": "max_pct", "count": "n"})
+
+
+def runs_in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by run and epoch, k as int (0 for bp).
+
+    Means over seeds then add up in one order whatever order the CSV's rows are in.
+    """
+    keys = [c for c in (*RUN_KEYS, "epoch") if c in df.columns]
+    df = df.assign(k=df["k"].fillna(0).astype(int))
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def _variants(df: pd.DataFrame) -> list[tuple[str, int]]:
+    pairs = {(g, int(k)) for g, k in zip(df["gradient"], df["k"].fillna(0))}
+    return sorted(pairs, key=lambda p: (gradient_rank(p[0]), p[1]))
+
+
+def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Figure:
+    """Left: best test error vs width per gradient (mean over seeds, min-max bars, n);
+    right: mean test loss per epoch at `curve_width`."""
+    df = runs_in_order(df)
+    minima = run_minima(df)
+    summary = summarize_minima(minima, ["width", "gradient", "k"])
+    ks = sorted(k for k in df["k"].unique() if k > 0)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.9))
+    widths = sorted(summary["width"].unique())
+    for g, k in _variants(df):
+        rows = summary[(summary["gradient"] == g) & (summary["k"] == k)].sort_values("width")
+        color = variant_color(g, k, ks)
+        n = "/".join(str(v) for v in sorted(rows["n"].unique()))
+        runs_gk = minima[(minima["gradient"] == g) & (minima["k"] == k)]
+        diverged = int(runs_gk["diverged"].sum())
+        n += f" per width, {diverged}/{len(runs_gk)} diverged" if diverged else ""
+        left.errorbar(rows["width"], rows["test_error_pct"],
+                      yerr=[rows["test_error_pct"] - rows["min_pct"],
+                            rows["max_pct"] - rows["test_error_pct"]],
+                      color=color, marker="o" if g != "frog" else "s", capsize=3, linewidth=1.4,
+                      linestyle="-" if g != "frog" else "--",
+                      label=f"{variant_label(g, k)} (n={n})")
+        curves = df[(df["width"] == curve_width) & (df["gradient"] == g) & (df["k"] == k)]
+        if not curves.empty:
+            mean = curves.groupby("epoch")["test_loss"].mean()
+            right.plot(mean.index, mean.to_numpy(), color=color,
+                       linestyle="-" if g != "frog" else "--", linewidth=1.4)
+    left.set_xscale("log", base=2)
+    left.set_xticks(widths, [str(w) for w in widths])
+    left.set_yscale("log")
+    left.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    left.tick_params(axis="y", which="minor", labelsize=7)
+    left.set_xlabel("hidden layer width")
+    left.set_ylabel("best test error (%)")
+    left.set_title("mean over seeds, bars: min to max", fontsize=8)
+    left.grid(True, which="both", alpha=0.3)
+    handles, labels = left.get_legend_handles_labels()
+    right.set_xlabel("epoch")
+    right.set_ylabel("test loss")
+    right.set_title(f"width {curve_width}: mean over the seeds still training", fontsize=8)
+    right.set_yscale("log")
+    right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    right.grid(True, which="both", alpha=0.3)
+    datasets = ", ".join(sorted(df["dataset"].unique()))
+    fig.suptitle(f"FC networks on {datasets}{note}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.02))
+    return fig
+
+
+def table_networks(df: pd.DataFrame) -> pd.DataFrame:
+    """Minimum test error (%) per model, data set and gradient: mean over seeds of each run's
+    minimum over epochs, with standard deviation, n and the most epochs a run trained."""
+    df = runs_in_order(df)
+    minima = run_minima(df)
+    summary = summarize_minima(minima, ["model", "dataset", "gradient", "k"])
+    epochs = minima.groupby(["model", "dataset", "gradient", "k"])["epochs"].max().reset_index()
+    out = summary.merge(epochs, on=["model", "dataset", "gradient", "k"])
+    out = out.assign(_o=out["gradient"].map(gradient_rank))
+    out = out.sort_values(["model", "dataset", "_o", "k"], kind="stable")
+    out = out.drop(columns=["_o", "min_pct", "max_pct"])
+    out["k"] = out["k"].map(lambda k: "" if k == 0 else str(k))
+    return out.reset_index(drop=True)
+
+
+def table_networks_markdown(table: pd.DataFrame) -> str:
+    """Rows: gradient and k; columns: model / data set; cells 'mean ± std (n)' in percent."""
+    table = table.assign(column=table["model"] + " / " + table["dataset"],
+                         cell=[f"{m:.2f}" + (f" ± {s:.2f}" if pd.notna(s) else "") + f" (n={n})"
+                               for m, s, n in zip(table["test_error_pct"], table["std_pct"],
+                                                  table["n"])])
+    rows = list(dict.fromkeys(zip(table["gradient"], table["k"])))
+    columns = list(dict.fromkeys(table["column"]))
+    cells = {(g, k, c): v for g, k, c, v in zip(table["gradient"], table["k"], table["column"],
+                                                 table["cell"])}
+    wide = pd.DataFrame([{"gradient": g, "k": k, **{c: cells.get((g, k, c), "") for c in columns}}
+                         for g, k in rows])
+    return markdown_table(wide)
