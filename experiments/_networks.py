@@ -10,32 +10,36 @@ from pathlib import Path
 
 import _common
 
-# flag -> NetConfig field, for flags whose name differs from the field
+# Flags that set the NetConfig field of their name (--epochs sets max_epochs, its dest).
 FIELDS = ("models", "datasets", "widths", "seeds", "mode", "perturbation", "max_epochs",
           "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "data_root")
 
 
 def parser(description: str, presets: dict, name: str):
-    from fgexp.directional import GRADIENTS
+    from fgexp.directional import MODES, PERTURBATIONS
+    from fgexp.paper import GRADIENTS, MODELS
     p = _common.make_parser(description, presets)
-    p.add_argument("--models", type=_common.str_list, help="comma list: fc, resnet18, vit")
+    p.add_argument("--models", type=_common.str_list, help=f"comma list: {', '.join(MODELS)}")
     p.add_argument("--datasets", type=_common.str_list,
                    help="comma list: mnist, cifar10 (torchvision), mnist5k (offline), synthetic")
     p.add_argument("--widths", type=_common.int_list, help="FC hidden widths, e.g. 256,1024")
     p.add_argument("--gradients", type=_common.str_list,
                    help=f"comma list of {', '.join(GRADIENTS)}, each optionally ':k' "
-                        "(e.g. bp,fg-mean:1,frog:4); labels without ':k' take --k")
-    p.add_argument("--k", type=_common.int_list, help="tangent counts for labels without ':k'")
+                        "(e.g. bp,fg-mean:1,frog:4); labels without ':k' take --k, or k = 1")
+    p.add_argument("--k", type=_common.int_list,
+                   help="tangent counts for labels without ':k'; alone, every forward gradient "
+                        "of the preset takes them (bp stays)")
     p.add_argument("--seeds", type=_common.int_list, help="e.g. 0,1,2")
-    p.add_argument("--mode", choices=("forward", "simulated"),
+    p.add_argument("--mode", choices=MODES,
                    help="forward: forward-mode AD; simulated: backprop then project (paper)")
-    p.add_argument("--perturbation", choices=("activity", "weight"))
+    p.add_argument("--perturbation", choices=PERTURBATIONS)
     p.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs per run")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
     p.add_argument("--batch-size", type=int, help="training batch (default 64 MNIST, 128 CIFAR)")
     p.add_argument("--train-limit", type=int, help="use only the first N training images")
     p.add_argument("--eval-limit", type=int, help="... and N validation and N test images")
-    p.add_argument("--lr", type=float, help="one learning rate for every run (skips the table)")
+    p.add_argument("--lr", type=_common.positive_float,
+                   help="one learning rate for every run (skips the table)")
     p.add_argument("--lr-table", help=f"LR table (default: the preset's, results/lrs/{name}.csv)")
     p.add_argument("--data-root", help="torchvision data root (MNIST/raw, cifar-10-batches-py)")
     p.add_argument("--download", action="store_true", help="let torchvision download data")
@@ -67,47 +71,65 @@ def run_lines(args, cfg, runs) -> list[str]:
 
 
 def config_from(args, preset):
-    cfg = _common.override(preset, args, list(FIELDS))
+    """The preset with the given flags; --gradients and --k follow fgexp.paper.with_k."""
+    from fgexp.paper import with_k
+    given = {f: tuple(v) if isinstance(v, list) else v
+             for f, v in _common.given(args, FIELDS).items()}
     if args.gradients is not None or args.k is not None:
-        from fgexp.nn.runs import gradient_tokens
-        labels = args.gradients or sorted({t.split(":")[0] for t in cfg.gradients})
-        cfg = dataclasses.replace(cfg, gradients=gradient_tokens(labels, args.k))
+        given["gradients"] = with_k(args.gradients, args.k, preset.gradients)
     if args.download:
-        cfg = dataclasses.replace(cfg, download=True)
-    return dataclasses.replace(cfg, models=tuple(cfg.models), datasets=tuple(cfg.datasets),
-                               widths=tuple(cfg.widths), seeds=tuple(cfg.seeds))
+        given["download"] = True
+    return dataclasses.replace(preset, **given)
+
+
+def pick_device(name: str | None):
+    """--device as a torch device (default cuda when available); UsageError if unusable."""
+    import torch
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise _common.UsageError(f"--device {name!r}: not a torch device (e.g. cpu, cuda, "
+                                 "cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _common.UsageError(f"--device {name}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise _common.UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                                 "device(s)")
+    return device
 
 
 def run(argv, description: str, presets: dict, name: str) -> int:
     args = parser(description, presets, name).parse_args(argv)
     _common.setup_torch(args.threads)
-    import torch
     from tqdm import tqdm
 
     from fgexp.nn import runs as nets
-    from fgexp.results import RunDir, file_lock
+    from fgexp.results import RunDir, probe_writable, remove_stale_temporaries
     cfg = config_from(args, presets[args.preset])
     nets.validate(cfg)
+    if cfg.lr is None:
+        _common.check_table(cfg.lr_table, "--lr-table")
     if args.list_runs:
         print("\n".join(run_lines(args, cfg, nets.runs(cfg))))
         return 0
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     rd = RunDir(args.out, name, {**nets.config_record(cfg), "preset": args.preset},
-                nets.COLUMNS, nets.KEY_COLUMNS).check()
+                nets.COLUMNS, nets.KEY_COLUMNS, timing_columns=nets.TIMING_COLUMNS).check()
+    ckpt_dir = Path(args.checkpoints or f"scratch/checkpoints/{name}")
+    probe_writable(ckpt_dir, "checkpoint directory")
+    remove_stale_temporaries(ckpt_dir)
     todo = [r for r in nets.runs(cfg) if r.cell_id not in rd.done()]
     lrs = nets.learning_rates(cfg, f"{name}:{args.preset}", todo)
     data = {d: nets.load_data(cfg, d) for d in dict.fromkeys(r.dataset for r in todo)}
-    ckpt_dir = Path(args.checkpoints or f"scratch/checkpoints/{name}")
-    with file_lock(rd.dir / f".{name}.lock"):
-        rd.start(args.preset)
+    rd.start(args.preset)
     for r in tqdm(todo, desc=name, unit="run", disable=args.no_progress):
-        ckpt = ckpt_dir / f"{r.cell_id}.pt"
+        ckpt = nets.checkpoint_for(ckpt_dir, r, cfg, lrs[r], rd.dir, device)
         rows = nets.run_rows(r, cfg, data[r.dataset], lrs[r], ckpt, device,
                              progress=not args.no_progress)
-        with file_lock(rd.dir / f".{name}.lock"):
-            rd.write_cell(r.cell_id, rows)
-        ckpt.unlink(missing_ok=True)
-    with file_lock(rd.dir / f".{name}.lock"):
-        rd.finish()
+        rd.write_cell(r.cell_id, rows)
+        ckpt.path.unlink(missing_ok=True)
+    rd.finish()
     print(f"{name}: {len(todo)} runs trained, results in {rd.csv_path}", file=sys.stderr)
     return 0

@@ -1,41 +1,17 @@
 """Smoke runs of experiments/fc_mnist.py and experiments/resnet_vit.py, their bad-input exits,
 the LR-search tasks, and the Figure 6 / network-table builders."""
 import csv
-import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
+import dataclasses
 
 import pytest
 
 from fgexp.nn import runs as nets
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
-
-def script(name, *args, cwd=REPO):
-    """A real subprocess run, as `make smoke` does it."""
-    return subprocess.run([sys.executable, str(REPO / "experiments" / name), *args, "--no-progress"],
-                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
-
-
-def module_of(name):
-    sys.path.insert(0, str(REPO / "experiments"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
-
-
-def main_of(name):
-    """A script's main(argv) in this process (no interpreter start-up: much faster)."""
-    return module_of(name).main
-
-
-def call(name, *args):
-    return main_of(name)([*args, "--no-progress"])
+@pytest.fixture
+def net(script):
+    """A real subprocess run of experiments/<name>, as `make smoke` does it."""
+    return lambda name, *args: script(f"experiments/{name}", *args, "--no-progress")
 
 
 def rows(path):
@@ -43,9 +19,9 @@ def rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_fc_smoke_writes_schema_and_resumes(tmp_path):
-    done = script("fc_mnist.py", "--preset", "smoke", "--out", str(tmp_path),
-                  "--checkpoints", str(tmp_path / "ckpt"))
+def test_fc_smoke_writes_schema_and_resumes(tmp_path, net):
+    done = net("fc_mnist.py", "--preset", "smoke", "--out", str(tmp_path),
+               "--checkpoints", str(tmp_path / "ckpt"))
     assert done.returncode == 0, done.stderr
     table = rows(tmp_path / "fc_mnist.csv")
     assert list(table[0]) == list(nets.COLUMNS)
@@ -55,22 +31,23 @@ def test_fc_smoke_writes_schema_and_resumes(tmp_path):
     assert float(table[1]["train_loss"]) < float(table[0]["train_loss"])  # bp learns
     assert not list((tmp_path / "ckpt").glob("*.pt"))  # checkpoints go once a run is saved
     before = (tmp_path / "fc_mnist.csv").read_text()
-    again = script("fc_mnist.py", "--preset", "smoke", "--out", str(tmp_path))
+    again = net("fc_mnist.py", "--preset", "smoke", "--out", str(tmp_path))
     assert again.returncode == 0 and (tmp_path / "fc_mnist.csv").read_text() == before
 
 
-def test_forward_mode_matches_simulated_on_a_run(tmp_path):
+def test_forward_mode_matches_simulated_on_a_run(tmp_path, net):
     out = {}
     for mode in ("forward", "simulated"):
-        assert call("fc_mnist", "--preset", "smoke", "--gradients", "frog:2", "--epochs", "1",
-                    "--mode", mode, "--out", str(tmp_path / mode)) == 0
+        done = net("fc_mnist.py", "--preset", "smoke", "--gradients", "frog:2", "--epochs", "1",
+                      "--mode", mode, "--out", tmp_path / mode)
+        assert done.returncode == 0, done.stderr
         out[mode] = rows(tmp_path / mode / "fc_mnist.csv")[0]
     assert float(out["forward"]["val_loss"]) == pytest.approx(float(out["simulated"]["val_loss"]),
                                                               rel=1e-3)
 
 
-def test_resnet_vit_smoke(tmp_path):
-    done = script("resnet_vit.py", "--preset", "smoke", "--out", str(tmp_path))
+def test_resnet_vit_smoke(tmp_path, net):
+    done = net("resnet_vit.py", "--preset", "smoke", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     table = rows(tmp_path / "resnet_vit.csv")
     assert {(r["model"], r["gradient"]) for r in table} == {
@@ -78,29 +55,53 @@ def test_resnet_vit_smoke(tmp_path):
     assert {r["width"] for r in table} == {""}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--models", "mlp"], "unknown model 'mlp'"),
-    (["--datasets", "imagenet"], "unknown data set 'imagenet'"),
-    (["--widths", "0"], "width must be >= 1"),
-    (["--gradients", "fg-mean:0"], "k must be >= 1"),
-    (["--preset", "paper", "--data-root", "/no/such/dir"], "does not exist"),
-    (["--preset", "cpu", "--lr-table", "/no/such/table.csv"], "make lr-search TASK=fc_mnist"),
+SMOKE = nets.PRESETS["fc_mnist"]["smoke"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"models": ("mlp",)}, "unknown model 'mlp'"),
+    ({"datasets": ("imagenet",)}, "unknown data set 'imagenet'"),
+    ({"widths": (0,)}, "width must be >= 1"),
+    ({"gradients": ("fg-mean:0",)}, "k must be >= 1"),
+    ({"gradients": ("adam:2",)}, "unknown gradient"),
+    ({"seeds": ()}, "no seeds given"),
+    ({"max_epochs": 0}, "max_epochs must be >= 1"),
+    ({"lr": float("nan")}, "finite number > 0"), ({"lr": -1.0}, "finite number > 0"),
+    ({"lr": float("inf")}, "finite number > 0"),
+    ({"datasets": ("mnist",), "data_root": "/no/such/dir"}, "does not exist"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    assert call("fc_mnist", "--preset", "smoke", *args, "--out", str(tmp_path / "out")) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+def test_bad_configs_are_one_error_before_compute(overrides, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        nets.validate(dataclasses.replace(SMOKE, **overrides))
+
+
+def test_a_huge_finite_rate_is_not_refused():
+    # 1e39 overflows float32 during training (recorded as diverged there), but is a valid rate
+    nets.validate(dataclasses.replace(SMOKE, lr=1e39))
+
+
+def test_missing_rate_or_table_names_the_search():
+    cpu = dataclasses.replace(nets.PRESETS["fc_mnist"]["cpu"], lr_table="/no/such/table.csv")
+    with pytest.raises(ValueError, match="make lr-search TASK=fc_mnist:cpu"):
+        nets.learning_rates(cpu, "fc_mnist:cpu", nets.runs(cpu)[:1])
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, net):
+    done = net("fc_mnist.py", "--preset", "cpu", "--lr-table", "/no/such/table.csv",
+                  "--out", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "make lr-search TASK=fc_mnist" in done.stderr
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_missing_mnist_files_name_the_place(tmp_path, capsys):
-    assert call("fc_mnist", "--preset", "paper", "--data-root", str(tmp_path), "--lr", "0.1",
-                "--out", str(tmp_path / "out")) == 2
-    assert "MNIST/raw" in capsys.readouterr().err
+def test_missing_mnist_files_name_the_place(tmp_path):
+    paper = dataclasses.replace(nets.PRESETS["fc_mnist"]["paper"], data_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="MNIST/raw"):
+        nets.load_data(paper, "mnist")
 
 
 def test_lr_tasks_yield_per_epoch_losses():
-    from fgexp.lr_search import get_task
+    from fgexp.lr.registry import get_task
     task = get_task("fc_mnist", "smoke", max_epochs="2", search_epochs="none")
     assert [s["gradient"] for s in task.settings()] == ["bp", "fg-mean", "frog"]
     losses = list(task.objective(task.settings()[0], 0.1, seed=0))
@@ -111,27 +112,39 @@ def test_lr_tasks_yield_per_epoch_losses():
         get_task("fc_mnist", "smoke", depth="3")
 
 
-def test_figure6_and_table_builders(tmp_path):
+def test_figure6_and_table_builders(tmp_path, net, script):
     out, fig = tmp_path / "res", tmp_path / "fig"
-    assert call("fc_mnist", "--preset", "smoke", "--widths", "16,32", "--epochs", "1",
-                "--out", str(out)) == 0
+    done = net("fc_mnist.py", "--preset", "smoke", "--widths", "16,32", "--epochs", "1",
+                  "--out", out)
+    assert done.returncode == 0, done.stderr
     (out / "resnet_vit.csv").write_text((out / "fc_mnist.csv").read_text())
-    plot = main_of("plot")
-    assert plot(["figure6", "--results", str(out), "--figures", str(fig)]) == 0
+    for figure in ("figure6", "table-networks"):
+        drawn = script("experiments/plot.py", figure, "--results", out, "--figures", fig)
+        assert drawn.returncode == 0, drawn.stderr
     assert (fig / "figure6.png").stat().st_size > 10_000
-    assert plot(["table-networks", "--results", str(out), "--figures", str(fig)]) == 0
     table = rows(fig / "table_networks.csv")
     assert [(r["gradient"], r["k"]) for r in table] == [("bp", ""), ("fg-mean", "1"), ("frog", "2")]
     assert all(r["n"] == "2" for r in table)  # two widths stand in for two runs here
     assert "| bp |" in (fig / "table_networks.md").read_text()
 
 
-def test_list_runs_gives_one_parseable_line_per_paper_run(capsys):
-    assert call("resnet_vit", "--preset", "paper", "--download", "--list-runs") == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+def test_list_runs_gives_one_line_per_paper_run_that_lists_itself(net):
+    listed = net("resnet_vit.py", "--preset", "paper", "--download", "--list-runs")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
     assert len(lines) == 2 * 2 * 8 * 3  # models x data sets x gradients x seeds
     assert len(set(lines)) == len(lines)
-    first = module_of("_networks").parser("", nets.PRESETS["resnet_vit"], "resnet_vit").parse_args(
-        lines[0].split())
-    assert (first.models, first.datasets, first.gradients, first.seeds) == (
-        ["resnet18"], ["mnist"], ["bp"], [0])
+    assert lines[0].startswith("--preset paper --models resnet18 --datasets mnist --gradients bp "
+                               "--seeds 0")
+    again = net("resnet_vit.py", *lines[0].split(), "--download", "--list-runs")
+    assert again.stdout.strip().splitlines() == [lines[0]]
+
+
+def test_gradients_and_k_follow_the_one_rule(net):
+    # an explicit :k wins, a bare label takes --k; --k alone applies to the preset's labels
+    listed = net("fc_mnist.py", "--preset", "paper", "--download", "--seeds", "0",
+                    "--widths", "256", "--gradients", "bp,fg-mean:1,frog", "--k", "4,16",
+                    "--list-runs")
+    assert listed.returncode == 0, listed.stderr
+    gradients = [line.split("--gradients ")[1].split()[0] for line in listed.stdout.splitlines()]
+    assert gradients == ["bp", "fg-mean:1", "frog:4", "frog:16"]

@@ -7,7 +7,8 @@ import torch
 
 from fgexp.nn import data as datasets
 from fgexp.nn import runs as nets
-from fgexp.nn.train import TrainConfig, TrainState, evaluate, next_state, train
+from fgexp.nn.train import TrainConfig, TrainState, evaluate, next_state
+from fgexp.paper import parse_gradient
 
 # The FC smoke preset, shrunk further onto the synthetic set.
 CFG = dataclasses.replace(nets.PRESETS["fc_mnist"]["smoke"], datasets=("synthetic",),
@@ -22,7 +23,7 @@ def history(run, lr=0.05, cfg=CFG, checkpoint=None, on_epoch=None):
 
 @pytest.mark.parametrize("token", ["bp", "frog:2"])
 def test_killed_run_resumes_to_the_same_numbers(tmp_path, token):
-    run = nets.Run("fc", "synthetic", 16, *nets.parse_gradient(token), seed=3)
+    run = nets.Run("fc", "synthetic", 16, *parse_gradient(token), seed=3)
     straight = history(run, checkpoint=tmp_path / "a.pt")
 
     def kill_after_second(row):
@@ -78,6 +79,6 @@ def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="learning rate"):
         TrainConfig(lr=-1.0)
     with pytest.raises(ValueError, match="unknown gradient"):
-        nets.parse_gradient("adam:2")
+        parse_gradient("adam:2")
     with pytest.raises(ValueError, match="width"):
         nets.validate(dataclasses.replace(CFG, widths=(0,)))

@@ -8,25 +8,24 @@ and a checkpoint per epoch lets a killed run resume.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fgexp.directional import GRADIENTS, GradientSpec
+from fgexp.directional import GradientSpec
 from fgexp.nn import data as datasets
-from fgexp.nn.train import TrainConfig, train
+from fgexp.nn.train import Checkpoint, TrainConfig, train
+from fgexp.paper import MODELS, PAPER_GRADIENTS, parse_gradient
 
-MODELS = ("fc", "resnet18", "vit")
 COLUMNS = ("model", "dataset", "width", "gradient", "k", "mode", "perturbation", "seed", "lr",
            "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-           "epoch_seconds", "status")
+           "status")
+TIMING_COLUMNS = ("epoch_seconds",)  # wall time: to DIR/<name>.timing.csv, not the result CSV
 KEY_COLUMNS = ("model", "dataset", "width", "gradient", "k", "mode", "perturbation", "seed",
                "epoch")
-# The paper's gradients: bp; single tangent; mean and projection with k = 2, 4, 16.
-PAPER_GRADIENTS = ("bp", "fg-mean:1", "fg-mean:2", "fg-mean:4", "fg-mean:16",
-                   "frog:2", "frog:4", "frog:16")
 SAMPLER = "normal"
 
 
@@ -75,35 +74,6 @@ class Run:
                 "sampler": SAMPLER}
 
 
-def parse_gradient(token: str) -> tuple[str, int | None]:
-    """'bp' -> ('bp', None); 'frog:4' -> ('frog', 4)."""
-    label, _, k = token.partition(":")
-    if label not in GRADIENTS:
-        raise ValueError(f"unknown gradient {label!r}; allowed: {', '.join(GRADIENTS)}")
-    if label == "bp":
-        return "bp", None
-    try:
-        k_int = int(k)
-    except ValueError:
-        raise ValueError(f"gradient {token!r} needs a number of tangents, e.g. {label}:4") from None
-    if k_int < 1:
-        raise ValueError(f"k must be >= 1, got {token!r}")
-    return label, k_int
-
-
-def gradient_tokens(labels: Sequence[str], ks: Sequence[int] | None) -> tuple[str, ...]:
-    """Expand labels (with or without ':k') by a list of k; explicit ':k' wins."""
-    out = []
-    for label in labels:
-        if ":" in label or label == "bp":
-            out.append(label)
-        elif ks:
-            out += [f"{label}:{k}" for k in ks]
-        else:
-            out += [t for t in PAPER_GRADIENTS if t.startswith(f"{label}:")] or [f"{label}:1"]
-    return tuple(dict.fromkeys(out))
-
-
 def runs(cfg: NetConfig) -> list[Run]:
     return [Run(m, d, w, *parse_gradient(g), s) for m in cfg.models for d in cfg.datasets
             for w in cfg.widths for g in cfg.gradients for s in cfg.seeds]
@@ -134,18 +104,21 @@ def validate(cfg: NetConfig) -> None:
         datasets.check(d, cfg.data_root, cfg.download)
     for g in cfg.gradients:
         parse_gradient(g)
-    if not cfg.seeds:
-        raise ValueError("no seeds given")
+    for name in ("models", "datasets", "widths", "gradients", "seeds"):
+        if not getattr(cfg, name):
+            raise ValueError(f"no {name} given")
+    if min(cfg.seeds) < 0:
+        raise ValueError(f"every seed must be >= 0, got {list(cfg.seeds)}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr}")
     spec_of(runs(cfg)[0], cfg)  # mode/perturbation names
 
 
 def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, float]:
     """The rate of every run: cfg.lr, or the LR table (MissingLearningRate names the search)."""
     if cfg.lr is not None:
-        if not cfg.lr > 0:
-            raise ValueError(f"--lr must be positive, got {cfg.lr}")
         return {r: cfg.lr for r in todo}
-    from fgexp.lr_search import lookup_lr
+    from fgexp.lr.table import lookup_lr
     command = f"make lr-search TASK={task}"
     return {r: lookup_lr(cfg.lr_table, r.setting(), command) for r in todo}
 
@@ -170,7 +143,7 @@ def train_config(cfg: NetConfig, run: Run, lr: float, max_epochs: int | None = N
 
 
 def run_rows(run: Run, cfg: NetConfig, data: datasets.DataSet, lr: float,
-             checkpoint: Path | None, device=None, progress: bool = False,
+             checkpoint: Checkpoint | Path | None, device=None, progress: bool = False,
              on_epoch=None) -> list[dict]:
     """Train one run (resuming from its checkpoint) and return its CSV rows."""
     model = build_model(run, data, run.seed, device)
@@ -181,6 +154,20 @@ def run_rows(run: Run, cfg: NetConfig, data: datasets.DataSet, lr: float,
              "perturbation": cfg.perturbation, "seed": run.seed, "lr": lr,
              "status": state.status}
     return [{**fixed, **row} for row in state.history]
+
+
+def checkpoint_for(directory: Path | str, run: Run, cfg: NetConfig, lr: float,
+                   out: Path | str, device=None) -> Checkpoint:
+    """The run's checkpoint: keyed by everything that changes its numbers and by its output
+    directory, so a checkpoint of another config or --out is never resumed."""
+    import hashlib
+    import json
+    key = {"run": dataclasses.asdict(run), "config": dict(config_record(cfg)), "lr": lr,
+           "batch_size": batch_size(cfg, run.dataset), "out": str(Path(out).resolve()),
+           "device": torch.device(device or "cpu").type}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return Checkpoint(Path(directory) / f"{run.cell_id}-{digest[:16]}.pt",
+                      json.loads(json.dumps(key, default=str)))
 
 
 # Fields that name the sweep (they are CSV columns) or say where things live: left out of the

@@ -6,10 +6,12 @@ it directly); `train(...)` adds checkpoints, resume and a progress bar around it
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fgexp.directional import GradientSpec
 from fgexp.nn.data import DataSet, Split, batches
 
 STATUSES = ("completed", "early_stopped", "diverged")  # max_epochs reached, patience, NaN/loss>10
+LOSSES = ("train_loss", "val_loss", "test_loss")  # NaN or inf in any of them: diverged
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def next_state(state: TrainState, row: dict, diverged: bool, cfg: TrainConfig) -
     """Pure bookkeeping after an epoch: history, best validation loss, patience, status."""
     improved = row["val_loss"] < state.best_val
     bad = 0 if improved else state.bad_epochs + 1
-    status = ("diverged" if diverged or is_bad(row["val_loss"], cfg.diverge_loss)
+    not_finite = any(not math.isfinite(row[k]) for k in LOSSES if k in row)
+    status = ("diverged" if diverged or not_finite or is_bad(row["val_loss"], cfg.diverge_loss)
               else "early_stopped" if bad >= cfg.patience
               else "completed" if state.epoch + 1 >= cfg.max_epochs else None)
     return TrainState(state.epoch + 1, [*state.history, row],
@@ -86,7 +90,12 @@ def train_epoch(model, split: Split, spec: GradientSpec, optimizer, cfg: TrainCo
         loss = float(set_gradients(model, x, y, spec, generator=tangent_gen))
         if is_bad(loss, cfg.diverge_loss):
             return True
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as err:  # lr * grad beyond the float range (e.g. lr 1e39 in float32)
+            if "overflow" not in str(err):
+                raise
+            return True
         if bar is not None:
             bar.update(len(y))
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -125,36 +134,64 @@ def seeded_generators(seed: int, device=None) -> tuple[torch.Generator, torch.Ge
     return batch_gen, tangent_gen
 
 
-def save_checkpoint(path: Path, model, state: TrainState, gens) -> None:
-    """Atomic torch.save of weights (incl. BatchNorm buffers), state and generator states."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "state": vars(state),
-                "gens": [g.get_state() for g in gens]}, tmp)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a run's checkpoint lives and what it must match to be resumed: `key` holds the
+    run's resolved config and output directory (its hash is in the file name)."""
+    path: Path
+    key: Mapping | None = None  # None: resume whatever is at `path` (tests only)
 
 
-def load_checkpoint(path: Path, model, seed: int, device=None):
-    """(state, gens) from a checkpoint (weights loaded into `model`), or (None, None)."""
-    if not path.exists():
+def save_checkpoint(ckpt: Checkpoint, model, state: TrainState, gens) -> None:
+    """Atomic torch.save of weights (incl. BatchNorm buffers), state, generator states and the
+    key; the temporary is unique per process, so concurrent writers never share one."""
+    from fgexp.store import fsync_dir, temp_path
+    ckpt.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(ckpt.path)
+    try:
+        torch.save({"model": model.state_dict(), "state": vars(state),
+                    "gens": [g.get_state() for g in gens],
+                    "key": None if ckpt.key is None else dict(ckpt.key)}, tmp)
+        os.replace(tmp, ckpt.path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(ckpt.path.parent)
+
+
+def load_checkpoint(ckpt: Checkpoint, model, seed: int, device=None):
+    """(state, gens) from a checkpoint (weights loaded into `model`), or (None, None) when there
+    is none, it is unreadable, or it was made for another config or output directory."""
+    if not ckpt.path.exists():
         return None, None
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    try:
+        saved = torch.load(ckpt.path, map_location=device, weights_only=False)
+    except Exception as err:  # a damaged file: start afresh rather than trust it
+        print(f"{ckpt.path}: unreadable checkpoint ({type(err).__name__}); training from scratch",
+              file=sys.stderr)
+        return None, None
+    if ckpt.key is not None and saved.get("key") != json.loads(json.dumps(dict(ckpt.key))):
+        print(f"{ckpt.path}: checkpoint of another config; training from scratch",
+              file=sys.stderr)
+        return None, None
+    model.load_state_dict(saved["model"])
     gens = seeded_generators(seed, device)
-    for g, s in zip(gens, ckpt["gens"]):
+    for g, s in zip(gens, saved["gens"]):
         g.set_state(s.cpu())
-    return TrainState(**ckpt["state"]), gens
+    return TrainState(**saved["state"]), gens
 
 
 def train(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int,
-          checkpoint: Path | None = None, device=None, progress: bool = False,
+          checkpoint: Checkpoint | Path | None = None, device=None, progress: bool = False,
           desc: str = "", on_epoch: Callable[[dict], None] | None = None) -> TrainState:
     """Train to the end (or resume from `checkpoint`); returns the final state and history.
 
     `on_epoch(row)` runs after each checkpoint is written (tests use it to interrupt a run).
     """
     from tqdm import tqdm
-    state, gens = load_checkpoint(Path(checkpoint), model, seed, device) if checkpoint else (None, None)
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(Path(checkpoint))
+    state, gens = load_checkpoint(checkpoint, model, seed, device) if checkpoint else (None, None)
     if state is not None and state.status is not None:
         return state
     total = cfg.max_epochs * len(data.train)
@@ -162,7 +199,7 @@ def train(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int,
               unit="img", disable=not progress, leave=False) as bar:
         for row, state, gens in epochs(model, data, spec, cfg, seed, state, device, bar, gens):
             if checkpoint:
-                save_checkpoint(Path(checkpoint), model, state, gens)
+                save_checkpoint(checkpoint, model, state, gens)
             if on_epoch is not None:
                 on_epoch(row)
     return state
