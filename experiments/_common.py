@@ -36,7 +36,7 @@ def make_parser(description: str, presets: dict, default_out: str = "results"):
     parser.add_argument("--preset", choices=sorted(presets), default="smoke",
                         help="named configuration; other flags override its fields")
     parser.add_argument("--out", default=default_out,
-                        help="run directory for the CSV, manifest and DONE records")
+                        help="run directory: cell shards, the merged CSV and the manifest")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)),
                         help="torch CPU threads (one is often fastest on small machines)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

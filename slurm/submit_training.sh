@@ -8,9 +8,10 @@
 # The preset is paper unless the flags name another. Steps: fetch MNIST/CIFAR-10 into
 # FGEXP_DATA_ROOT once on this (login) node, so array elements never download at the same time;
 # write the list slurm/lists/train_<name>.txt (experiments/<name>.py --list-runs); submit it with
-# slurm/submit_array.sh. Finished runs are skipped when an element reruns (DONE records), and a
-# killed run resumes from its last epoch checkpoint. Elements share --out (default results/):
-# CSV updates are serialized with a lock file. SBATCH=echo prints the sbatch command instead.
+# slurm/submit_array.sh. Finished runs are skipped when an element reruns (their cell shards
+# exist), and a killed run resumes from its last epoch checkpoint. Elements share --out (default
+# results/): each writes its own cell shards, so no lock is needed (docs/results_store.md).
+# SBATCH=echo prints the sbatch command instead.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -80,9 +80,10 @@ def test_closed_form_recipe_reproduces_committed_rates(tmp_path):
         assert (row["lr"], row["evaluations"], row["backend"]) == \
             (old["lr"], old["evaluations"], old["backend"])
     sidecar = json.loads((tmp_path / "closed_form.recipe.json").read_text())
-    assert sidecar["select"] == ["function=sphere", "n=2"]
+    assert sidecar["make_target"] == "lrs-closed-form" and "select" not in sidecar
     log = [json.loads(line) for line in (tmp_path / "closed_form.log.jsonl").open()]
     assert log[0]["recipe"] == "closed-form" and log[0]["make_target"] == "lrs-closed-form"
+    assert log[0]["argv"][-5:-1] == ["--select", "n=2", "--lr-dir", str(tmp_path)]
 
 
 def test_full_horizon_refinement_merges_grid_full_rows(tmp_path):

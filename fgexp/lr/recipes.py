@@ -178,12 +178,14 @@ def listing(recipe: Recipe, select: Sequence[str] = ()) -> list[str]:
     return lines
 
 
-def write_sidecar(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = ()) -> Path:
-    """<table>.recipe.json: the make target and the full recipe that rebuild the table."""
+def write_sidecar(recipe: Recipe, lr_dir: Path | str) -> Path:
+    """<table>.recipe.json: the make target and the full recipe that rebuild the table.
+
+    It describes the whole recipe even after a --select run: which settings one run covered
+    is in that run's log entries (argv, recipe, stage)."""
     path = Path(lr_dir) / f"{recipe.table}.recipe.json"
     record = {"table": f"{recipe.table}.csv", "make_target": recipe.make_target,
               "command": f"python experiments/lr_search.py --recipe {recipe.name}",
-              "select": list(select),
               "stages": [{"task": s.task, "select": list(s.select), "options": dict(s.options),
                           "backend": s.backend,
                           "config": dataclasses.asdict(s.grid or s.full_horizon)}
@@ -212,5 +214,5 @@ def run_recipe(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = (),
                 f"python experiments/lr_search.py --recipe {recipe.name}", progress, extra)
         rows += done
         failed += bad
-    write_sidecar(recipe, lr_dir, select)
+    write_sidecar(recipe, lr_dir)
     return rows, failed
