@@ -35,12 +35,16 @@ LAYOUT = "cells-v1"  # the manifest's name for this layout (one shard per cell)
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit, with '-dirty' if tracked files changed; 'unknown' outside git."""
+    """The checked-out commit, with '-dirty' if tracked code changed; 'unknown' outside git.
+
+    Outputs (results/, paper_figures/) do not count: a pipeline that writes tracked results
+    step by step would otherwise mark every step after the first as dirty."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)results", ":(top,exclude)paper_figures"],
                                cwd=cwd, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
