@@ -17,7 +17,7 @@ export MPLBACKEND ?= Agg
 
 .PHONY: help install test test-all smoke plots figure-3 figure-4 figure-5 figure-6 table-c \
         table-networks lr-search lrs-closed-form lrs-fc-cpu lrs-resnet-vit-cpu \
-        slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
+        lr-rules slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -87,6 +87,15 @@ lr-search: $(STAMP) ## Propulate LR search over MPI: make lr-search TASK=... RAN
 	@test -n "$(TASK)" || { echo "usage: make lr-search TASK=<task> [RANKS=2]; list tasks: $(PY) experiments/lr_search.py --list-tasks"; exit 2; }
 	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS) $(ARGS)
 
+# LR rules validated against every LR table and the authors' published rates (docs/lr_rules.md).
+PAPER_LRS ?= ../shared/reference/paper_lrs
+# The outcome run (Figure 4 with the rule's rates, ~11 min on 2 cores) skips its finished cells.
+lr-rules: $(STAMP) ## results/lr_rules/: rules vs searched rates, Figure 4 rerun with rule rates, figures
+	$(PY) experiments/lr_rules.py --lr-dir $(RESULTS)/lrs --paper-lrs $(PAPER_LRS) --out $(RESULTS)/lr_rules
+	$(PY) experiments/closed_form.py --preset paper --lr-table $(RESULTS)/lr_rules/closed_form_isotropic.csv --out $(RESULTS)/lr_rules/figure4_isotropic --no-progress
+	$(PY) experiments/plot.py lr-rules --results $(RESULTS) --figures $(FIGURES)
+	$(PY) experiments/plot.py lr-rules-outcome --results $(RESULTS) --figures $(FIGURES)
+
 # The committed LR tables, each rebuilt by its recipe (fgexp/lr/recipes.py; see what one searches
 # with `$(PY) experiments/lr_search.py --recipe NAME --list-settings`). ARGS narrows, e.g.
 # ARGS='--select n=4 --lr-dir scratch/lrs'.
@@ -114,6 +123,14 @@ bench-quick: $(STAMP) ## spot-check benchmarks (under 2 minutes), into $(SCRATCH
 
 bench-nn: $(STAMP) ## network step benchmark only
 	$(PY) benchmarks/run.py --only nn_steps --out $(RESULTS)/benchmarks --figures $(FIGURES)
+
+# The GPU check (docs/benchmarks.md, "GPU check"): any Python with torch >= 2.4, no install step,
+# the repository on PYTHONPATH. PYTHON given on the command line or in the environment is used
+# as it is (PYTHON=python3 make device-check); otherwise .venv's Python where there is one.
+DEVICE_PY = $(if $(filter environment command,$(origin PYTHON)),$(PYTHON),$(if $(wildcard $(PY)),$(PY),$(PYTHON)))
+.PHONY: device-check
+device-check: ## GPU check, under 8 min: CUDA correctness, step cost and memory, mnist5k runs
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(DEVICE_PY) benchmarks/device_check.py --out $(RESULTS)/benchmarks $(ARGS)
 
 clean-scratch: ## remove scratch outputs
 	rm -rf $(SCRATCH)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib import pyplot as plt
 
-from fgexp.plots import approximation, benchmarks, closed_form, networks
+from fgexp.plots import approximation, benchmarks, closed_form, lr_rules, networks
 from fgexp.plots.data import CSVError, read_results
 from fgexp.plots.style import markdown_table, provenance, read_manifest, save, stamp
 
@@ -181,6 +181,45 @@ def table_networks(results_dir: Path) -> Outputs:
             "table_networks.md": "Minimum test error (%), mean ± std over seeds (n runs)"
                                  f"{note}\n\n" + networks.table_networks_markdown(table)
                                  + f"\n{source}\n"}
+
+
+# Learning-rate rules (docs/lr_rules.md)
+
+_PREDICTIONS = (("source", "table", "group", "gradient", "sampler", "rule"),
+                ("lr_predicted", "lr_searched", "searched_over_predicted"))
+
+
+@builder("lr-rules", "lr_rules/predictions.csv", "lr_rules/paper_lrs_predictions.csv")
+def lr_rules_figure(results_dir: Path) -> Outputs:
+    """LR rules: rates predicted from bp's against searched rates, ours and the authors'."""
+    path = results_dir / "lr_rules" / "predictions.csv"
+    # ours and the authors' published rates, kept in separate tables, drawn in separate panels
+    fig = lr_rules.figure(pd.concat([read_results(p, *_PREDICTIONS) for p in
+                                     (path, path.with_name("paper_lrs_predictions.csv"))]))
+    stamp(fig, f"{path.name} (make lr-rules) | commit "
+          f"{str((read_manifest(path.with_name('manifest.json')) or {}).get('git_commit'))[:12]}")
+    return {"lr_rules": fig}
+
+
+OUTCOME_RUN = "lr_rules/figure4_isotropic"  # Figure 4 rerun with the isotropic rule's rates
+
+
+@builder("lr-rules-outcome", "closed_form.csv", f"{OUTCOME_RUN}/closed_form.csv")
+def lr_rules_outcome(results_dir: Path) -> Outputs:
+    """LR rules, outcome: Figure 4's best values with rule rates against searched rates."""
+    from fgexp.results import current_csv
+    text, numeric = SCHEMAS["closed_form.csv"]
+    ruled = read_results(current_csv(results_dir / OUTCOME_RUN, "closed_form"), text, numeric)
+    table = lr_rules.outcome_table(_closed_form(results_dir, "normal"), ruled)
+    fig = lr_rules.outcome_figure(table)
+    stamp(fig, "searched: " + provenance(results_dir / "closed_form.manifest.json")
+          + "   rule: " + provenance(results_dir / OUTCOME_RUN / "closed_form.manifest.json"))
+    summary = lr_rules.outcome_summary(table)
+    return {"lr_rules_outcome": fig,
+            "lr_rules_outcome.csv": table.to_csv(index=False, float_format="%.6g"),
+            "lr_rules_outcome.md": "Figure 4 settings (forward gradients, mean over seeds) "
+                                   "with the isotropic rule's rates against searched rates\n\n"
+                                   + markdown_table(summary, "{:g}") + "\n"}
 
 
 # Benchmarks
