@@ -12,7 +12,8 @@ import _common
 
 # Flags that set the NetConfig field of their name (--epochs sets max_epochs, its dest).
 FIELDS = ("models", "datasets", "widths", "seeds", "mode", "perturbation", "max_epochs",
-          "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "data_root")
+          "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "lr_rule",
+          "data_root")
 
 
 def parser(description: str, presets: dict, name: str):
@@ -41,6 +42,9 @@ def parser(description: str, presets: dict, name: str):
     p.add_argument("--lr", type=_common.positive_float,
                    help="one learning rate for every run (skips the table)")
     p.add_argument("--lr-table", help=f"LR table (default: the preset's, results/lrs/{name}.csv)")
+    p.add_argument("--lr-rule", help="forward-gradient rates from this rule of fgexp.lr.rules "
+                   "(isotropic, same-as-bp) applied to bp's rate in the LR table "
+                   "(docs/lr_rules.md)")
     p.add_argument("--data-root", help="torchvision data root (MNIST/raw, cifar-10-batches-py)")
     p.add_argument("--download", action="store_true", help="let torchvision download data")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -57,7 +61,8 @@ def run_lines(args, cfg, runs) -> list[str]:
     import shlex
     keep = []
     for flag, value in (("--out", args.out), ("--data-root", args.data_root),
-                        ("--lr-table", args.lr_table), ("--epochs", args.max_epochs),
+                        ("--lr-table", args.lr_table), ("--lr-rule", args.lr_rule),
+                        ("--epochs", args.max_epochs),
                         ("--mode", args.mode), ("--perturbation", args.perturbation)):
         if value is not None:
             keep += [flag, str(value)]

@@ -30,7 +30,7 @@ from fgexp.paper import FUNCTIONS
 NAME = "closed_form"
 # Flags that override config fields (with --cone, the first four set the cone grid), and --k.
 FIELDS = ("functions", "n", "gradients", "angles", "k", "seeds", "max_steps", "patience", "mode",
-          "lr_table")
+          "lr_table", "lr_rule")
 
 
 def parse(argv):
@@ -55,6 +55,9 @@ def parse(argv):
     parser.add_argument("--mode", choices=closed_form.MODES,
                         help="forward-mode AD (default) or V @ grad after backprop")
     parser.add_argument("--lr-table", help="LR table CSV (default results/lrs/closed_form.csv)")
+    parser.add_argument("--lr-rule", help="take every forward-gradient rate from this rule of "
+                        "fgexp.lr.rules (isotropic, same-as-bp), applied to bp's rate in the "
+                        "LR table (docs/lr_rules.md)")
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V1[,V2]",
                         help="run only the cells whose function, n or angle is listed (repeatable;"
                         " not part of the config: later runs add the other cells to --out)")

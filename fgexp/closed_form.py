@@ -36,6 +36,8 @@ class ClosedFormConfig:
     mode: str = "forward"             # forward-mode AD or simulated (V @ grad)
     dtype: str = "float32"            # dtype of the iterates
     lr_table: str = "results/lrs/closed_form.csv"  # learning rates per setting
+    lr_rule: str | None = None  # None: every rate from lr_table; a rule of fgexp.lr.rules:
+    #   forward-gradient rates predicted from bp's rate in lr_table (docs/lr_rules.md)
 
 
 PRESETS = {
@@ -106,6 +108,7 @@ def validate(config: ClosedFormConfig, cone: bool = False) -> None:
         raise ValueError(f"mode must be {' or '.join(MODES)}, got {config.mode!r}")
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be {' or '.join(DTYPES)}, got {config.dtype!r}")
+    check_rule(config.lr_rule)
 
 
 def settings_of(config: ClosedFormConfig, cone: bool, function: str, n: int, angle):
@@ -166,7 +169,15 @@ def lookup_rates(config: ClosedFormConfig, cone: bool, todo) -> None:
     from fgexp.lr.table import lookup_lr
     for _, cell in todo:
         for setting in cell["settings"]:
-            setting["lr"] = lookup_lr(config.lr_table, setting, search_command(setting, cone))
+            if config.lr_rule is None:
+                setting["lr"] = lookup_lr(config.lr_table, setting, search_command(setting, cone))
+                continue
+            from fgexp.lr.rules import predict
+            # bp of the same function and n (a cone setting takes the normal grid's bp)
+            bp = {**setting, "gradient": "bp", "k": None, "sampler": None, "angle_deg": None}
+            setting["lr"] = predict(setting, lookup_lr(config.lr_table, bp,
+                                                       search_command(bp, False)),
+                                    config.lr_rule)
 
 
 def run_cell(config: ClosedFormConfig, cell: dict, progress: bool = False) -> list[dict]:
@@ -197,3 +208,10 @@ def run_cell(config: ClosedFormConfig, cell: dict, progress: bool = False) -> li
                 "steps": int(result.steps[0, j]), "stop_reason": result.stop_reason[0][j],
                 "mode": config.mode})
     return rows
+
+
+def check_rule(rule: str | None) -> None:
+    """A ValueError naming the allowed rules for an unknown --lr-rule."""
+    from fgexp.lr.rules import RULES
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"unknown --lr-rule {rule!r}; allowed: {', '.join(RULES)}")

@@ -125,6 +125,13 @@ def current_csv(directory: Path | str, name: str) -> Path:
     return csv_path
 
 
+def same_config(old: Mapping, new: Mapping) -> bool:
+    """Configs are the same if every field agrees; a field added to a config class later, at
+    its default None (e.g. lr_rule), matches a recorded config that predates it."""
+    return all(old.get(k) == new.get(k) for k in set(old) | set(new)
+               if k in old or new.get(k) is not None)
+
+
 class RunDir:
     """One experiment's results in a directory, resumable cell by cell."""
 
@@ -175,7 +182,7 @@ class RunDir:
             raise ResultsError(f"{old_done}: {self.dir} holds {self.name} results in the old "
                                f"layout (CSV + .done list); use another --out")
         manifest = read_manifest(self.manifest_path)
-        if manifest is not None and manifest["config"] != self.config:
+        if manifest is not None and not same_config(manifest["config"], self.config):
             old = manifest["config"]
             diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
             raise ResultsError(

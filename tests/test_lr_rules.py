@@ -3,7 +3,10 @@ the loss after one step, found on a fine grid of rates, with the suite's own sam
 aggregations (fgexp.tangents, fgexp.aggregate) as the estimators."""
 from __future__ import annotations
 
+import csv
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ import torch
 from fgexp import tangents
 from fgexp.aggregate import aggregate
 from fgexp.lr import rules
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DRAWS = 100_000                           # tangent draws per setting
 LRS = np.logspace(-3, 3, 6001)            # the rate grid: 0.1% apart, no rule's value at its centre
@@ -164,3 +169,49 @@ def test_outcome_verdicts():
     ruled = runs(dict(zip(settings, [0.0, 1.5, 10.0, 0.1])))
     verdicts = plots.outcome_table(searched, ruled)["verdict"].tolist()
     assert verdicts == ["both at minimum", "within 2x", "rule worse", "rule better"]
+
+
+def test_lr_rule_option_takes_forward_rates_from_bp_and_is_recorded(tmp_path, script):
+    """--lr-rule: bp from the table, every forward-gradient rate from the rule, in the CSV's lr
+    and the manifest's config."""
+    out = tmp_path / "cf"
+    result = script("experiments/closed_form.py", "--preset", "paper", "--functions", "sphere",
+                    "--n", "16", "--gradients", "bp,fg-mean:4,frog:4", "--seeds", "0",
+                    "--max-steps", "20", "--lr-rule", "isotropic", "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    lrs = {r["gradient"]: float(r["lr"]) for r in csv.DictReader(open(out / "closed_form.csv"))}
+    table = {(r["gradient"], r["k"]): float(r["lr"]) for r in
+             csv.DictReader(open(ROOT / "results/lrs/closed_form.csv"))
+             if r["function"] == "sphere" and r["n"] == "16" and not r["angle_deg"]}
+    bp = table[("bp", "")]
+    assert lrs["bp"] == bp
+    assert lrs["fg-mean"] == pytest.approx(bp * 4 / (16 + 4 + 1))
+    assert lrs["frog"] == bp and lrs["fg-mean"] != table[("fg-mean", "4")]
+    manifest = json.loads((out / "closed_form.manifest.json").read_text())
+    assert manifest["config"]["lr_rule"] == "isotropic"
+    bad = script("experiments/closed_form.py", "--lr-rule", "nope", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "unknown --lr-rule 'nope'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_lr_rule_for_networks_scales_the_mean_and_keeps_the_projection_at_bp():
+    import dataclasses
+
+    from fgexp.nn import runs as nets
+    cfg = dataclasses.replace(nets.PRESETS["fc_mnist"]["cpu"], lr_rule="isotropic",
+                              widths=(256,), seeds=(0,), gradients=("bp", "fg-mean:4", "frog:4"))
+    nets.validate(cfg)
+    lrs = {r.gradient: rate for r, rate in nets.learning_rates(cfg, "fc_mnist:cpu",
+                                                               nets.runs(cfg)).items()}
+    n = rules.network_dimension("fc", "mnist5k", 256, "activity")
+    assert lrs["frog"] == lrs["bp"]
+    assert lrs["fg-mean"] == pytest.approx(lrs["bp"] * 4 / (n + 4 + 1))
+    with pytest.raises(ValueError, match="one rate"):
+        nets.validate(dataclasses.replace(cfg, lr=0.1))
+
+
+def test_a_config_field_added_at_none_matches_an_older_manifest():
+    from fgexp.results import same_config
+    assert same_config({"a": 1}, {"a": 1, "lr_rule": None})
+    assert not same_config({"a": 1}, {"a": 1, "lr_rule": "isotropic"})
+    assert not same_config({"a": 1, "lr_rule": None}, {"a": 1, "lr_rule": "isotropic"})

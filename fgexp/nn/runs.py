@@ -46,6 +46,8 @@ class NetConfig:
     search_epochs: int | None = None             # LR search epoch cap (paper: 50 for ResNet/ViT)
     lr_table: str = "results/lrs/fc_mnist.csv"   # learning rates from the LR search
     lr: float | None = None                      # one rate for every run (overrides the table)
+    lr_rule: str | None = None                   # forward-gradient rates from this rule of
+    #   fgexp.lr.rules applied to bp's table rate (docs/lr_rules.md); None: all from the table
     data_root: str = "data"                      # where torchvision finds MNIST/CIFAR10
     download: bool = False                       # let torchvision download missing files
 
@@ -112,6 +114,12 @@ def validate(cfg: NetConfig) -> None:
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr}")
     spec_of(runs(cfg)[0], cfg)  # mode/perturbation names
+    if cfg.lr_rule is not None:
+        from fgexp.closed_form import check_rule
+        check_rule(cfg.lr_rule)
+        if cfg.lr is not None:
+            raise ValueError(f"--lr-rule takes bp's rate from the LR table, but one rate "
+                             f"lr={cfg.lr} is set for every run (by --lr or the preset)")
 
 
 def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, float]:
@@ -120,7 +128,15 @@ def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, 
         return {r: cfg.lr for r in todo}
     from fgexp.lr.table import lookup_lr
     command = f"make lr-search TASK={task}"
-    return {r: lookup_lr(cfg.lr_table, r.setting(), command) for r in todo}
+    if cfg.lr_rule is None:
+        return {r: lookup_lr(cfg.lr_table, r.setting(), command) for r in todo}
+    from fgexp.lr.rules import predict
+    rates = {}
+    for r in todo:  # every rate from bp's rate of the same model, data set and width
+        bp = {**r.setting(), "gradient": "bp", "k": "", "sampler": SAMPLER}
+        rates[r] = predict({**r.setting(), "perturbation": cfg.perturbation},
+                           lookup_lr(cfg.lr_table, bp, command), cfg.lr_rule)
+    return rates
 
 
 def load_data(cfg: NetConfig, dataset: str) -> datasets.DataSet:
