@@ -4,9 +4,14 @@ import sys
 import pytest
 
 
-def test_import_fgexp_loads_no_mpi_propulate_or_torchvision():
-    code = ("import sys, fgexp, fgexp.tangents, fgexp.aggregate, fgexp.directional, "
-            "fgexp.functions, fgexp.results; "
+@pytest.mark.parametrize("modules", [
+    "fgexp, fgexp.tangents, fgexp.aggregate, fgexp.directional, fgexp.functions, fgexp.results",
+    # the LR package: Propulate and MPI load only inside the Propulate backend's run
+    "fgexp.lr, fgexp.lr.recipes, fgexp.lr.grid, fgexp.lr.propulate_backend, "
+    "fgexp.lr.closed_form, fgexp.lr.pruning",
+])
+def test_importing_loads_no_mpi_propulate_or_torchvision(modules):
+    code = (f"import sys, {modules}; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'mpi4py', 'propulate', 'torchvision', 'GPy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
