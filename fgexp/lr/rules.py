@@ -22,6 +22,7 @@ example) changes the variance the rule assumes.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -127,6 +128,7 @@ RULES: dict[str, Callable[..., float]] = {"isotropic": _isotropic, "same-as-bp":
 _INPUTS = {"mnist": (1, 28), "mnist5k": (1, 28), "cifar10": (3, 32)}
 
 
+@functools.lru_cache(maxsize=None)  # one model build per network, however many settings ask
 def network_dimension(model: str, dataset: str, width: int | None = None,
                       perturbation: str = "activity") -> int:
     """n of a network: activations per example summed over blocks (activity perturbation, one
@@ -202,7 +204,6 @@ def predictions(rows: list[Mapping], table: str, source: str,
     key_cols = (*group_cols, *other_cols)
     bp = {tuple(canonical(r.get(c)) for c in key_cols): float(r["lr"])
           for r in rows if canonical(r["gradient"]) == "bp"}
-    dims: dict[tuple, int] = {}  # networks: one model build per setting
     out = []
     for row in rows:
         key = tuple(canonical(row.get(c)) for c in key_cols)
@@ -211,11 +212,8 @@ def predictions(rows: list[Mapping], table: str, source: str,
         if table == "closed_form":
             n = int(float(row["n"]))
         else:
-            if key not in dims:
-                dims[key] = network_dimension(canonical(row["model"]), canonical(row["dataset"]),
-                                              int(float(row["width"]))
-                                              if canonical(row.get("width")) else None)
-            n = dims[key]
+            n = network_dimension(canonical(row["model"]), canonical(row["dataset"]),
+                                  int(float(row["width"])) if canonical(row.get("width")) else None)
         for rule in rules_:
             lr = predict(row, bp[key], rule, n=n)
             out.append({"source": source, "table": table,
