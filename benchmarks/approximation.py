@@ -5,6 +5,9 @@ spread (half the range of the repetitions, samples/s) and the speed-up over the 
 measured in the same run. With quick=False, also the paper preset's wall time from scratch
 (normal and cone grids, into a temporary directory) and the loop's time for the same grid,
 estimated from timed loop samples of every (n, k) setting (too slow to run in full).
+Case `projection`: fgexp.aggregate.projection of one float32 tangent set of FC-1024's size
+(1.86M) for k = 1, 4, 16, against the QR path it falls back to, forced for every set
+(median ms over repetitions, ratio to QR in the same run).
 
     python benchmarks/approximation.py [--quick]
 """
@@ -16,7 +19,9 @@ import time
 import numpy as np
 import torch
 
+from fgexp import aggregate
 from fgexp import approximation as approx
+from fgexp.lr.rules import network_dimension
 
 IMPLEMENTATIONS = ("loop", "batched", "reduced")
 
@@ -108,10 +113,45 @@ def paper_rows() -> list[dict]:
     ]
 
 
+def _projection_ms(tangents_kxn, jvps_k, repetitions: int) -> list[float]:
+    aggregate.projection(tangents_kxn, jvps_k)  # warm-up
+    times = []
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        aggregate.projection(tangents_kxn, jvps_k)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def projection_rows(quick: bool) -> list[dict]:
+    """The Gram path against the QR fallback on one network-sized Gaussian tangent set."""
+    rows, repetitions = [], 3 if quick else 7
+    gen = torch.Generator().manual_seed(0)
+    n = network_dimension("fc", "mnist", 1024, "weight")
+    for k in ((1, 16) if quick else (1, 4, 16)):
+        tangents_kxn = torch.randn(k, n, generator=gen)
+        jvps_k = torch.randn(k, generator=gen)
+        case = []
+        for implementation, max_cond in (("gram", aggregate._MAX_GRAM_COND), ("qr", {})):
+            saved, aggregate._MAX_GRAM_COND = aggregate._MAX_GRAM_COND, max_cond
+            try:
+                times = _projection_ms(tangents_kxn, jvps_k, repetitions)
+            finally:
+                aggregate._MAX_GRAM_COND = saved
+            case.append({"case": "projection", "n": n, "k": k,
+                         "method": "projection", "implementation": implementation,
+                         "ms": statistics.median(times), "spread": (max(times) - min(times)) / 2,
+                         "repetitions": repetitions})
+        for row in case:
+            row["ratio_to_qr"] = row["ms"] / case[-1]["ms"]
+        rows += case
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     np.random.seed(0)
-    rows = engine_rows(quick)
+    rows = projection_rows(quick) + engine_rows(quick)
     if not quick:
         rows += paper_rows()
     return rows
@@ -119,7 +159,7 @@ def run(quick: bool) -> list[dict]:
 
 def _print_table(rows: list[dict]) -> None:
     columns = ["case", "n", "k", "method", "implementation", "samples_per_s", "spread",
-               "speedup_vs_loop", "wall_s"]
+               "speedup_vs_loop", "ms", "ratio_to_qr", "wall_s"]
     print(" ".join(f"{c:>15}" for c in columns))
     for row in rows:
         cells = []

@@ -80,3 +80,36 @@ def test_figure_has_a_panel_row_per_model_and_batch():
     titles = [ax.get_title() for ax in fig.axes]
     assert any("batch 32" in t for t in titles) and any("batch 128" in t for t in titles)
     assert len(fig.axes) == 4
+
+
+def _suite(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_draw_variants_flag_which_keep_fgexps_stream():
+    draw = _suite("draw")
+    rows = draw.device_rows(torch.device("cpu"), 4096, (1, 3), repetitions=1)
+    same = {(r["k"], r["variant"]): r["same_stream"] for r in rows}
+    for k in (1, 3):
+        assert same[k, "fgexp"] and same[k, "fgexp-out"]
+        assert not same[k, "rand-out"] and not same[k, "numpy-pcg64-out"]
+        assert same[k, "fill"] is None
+    # torch fills normals in blocks of 16: per-tangent calls keep the stream when 16 divides n
+    assert same[3, "per-tangent"]
+    floors = [r["ratio_to_floor"] for r in rows if r["variant"] == "fill"]
+    assert floors == [1.0, 1.0]
+
+
+def test_step_rows_of_one_case_replace_only_that_case(tmp_path):
+    run = _suite("run")
+    path = tmp_path / "nn_steps.csv"
+    pd.DataFrame([{"model": m, "batch": b, "method": "bp", "commit": "old"}
+                  for m, b in (("fc-1024", 64), ("resnet18", 32))]).to_csv(path, index=False)
+    merged = run.merged_rows(path, [{"model": "fc-1024", "batch": 64, "method": "bp",
+                                     "commit": "new"}])
+    assert [(r["model"], r["commit"]) for r in merged] == [("fc-1024", "new"),
+                                                           ("resnet18", "old")]
+    assert run.main(["--case", "fc", "--out", str(tmp_path)]) == 2  # --case needs nn_steps

@@ -76,3 +76,14 @@ def test_bad_input(kwargs, match):
 def test_generator_count_must_match_batch():
     with pytest.raises(ValueError, match="one generator per entry"):
         tangents.sample("normal", (3,), 2, 4, tangents.generators([0, 1]))
+
+
+def test_drawing_into_a_buffer_keeps_each_seeds_stream():
+    # n not a multiple of torch's 16-number blocks, k > 1: the whole stream must match.
+    fresh = tangents.sample("normal", (), 4, 1003, torch.Generator().manual_seed(5))
+    buffer = torch.full((4, 1003), float("nan"))
+    drawn = tangents.normal((), 4, 1003, torch.Generator().manual_seed(5), out=buffer)
+    assert drawn.data_ptr() == buffer.data_ptr()
+    assert torch.equal(drawn, fresh)
+    with pytest.raises(ValueError, match="shape"):
+        tangents.normal((), 4, 1000, torch.Generator(), out=buffer)
