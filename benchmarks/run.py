@@ -17,15 +17,33 @@ from pathlib import Path
 import torch
 
 # The suites are this script's sibling modules: its own directory is on sys.path when it runs.
-SUITES = ("approximation", "descent", "nn_steps")
+SUITES = ("approximation", "descent", "nn_steps", "bn_estimators", "nn_batched", "draw")
 
 
 def machine_columns() -> dict:
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
     from fgexp.results import git_commit
+    sha, dirty, _ = git_commit().partition("-dirty")  # short sha, keeping the -dirty mark
     return {"machine": platform.node(), "device": device, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "commit": git_commit()[:12]}
+            "threads": torch.get_num_threads(), "commit": sha[:12] + dirty}
+
+
+def merged_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    """An existing step CSV with its rows of the newly measured (model, batch) pairs replaced
+    by new_rows, in their place; the other rows keep their own machine and commit columns."""
+    if not path.exists():
+        return new_rows
+    import pandas as pd
+    measured = {(str(r["model"]), str(r["batch"])) for r in new_rows}
+    merged, placed = [], False
+    for row in pd.read_csv(path, keep_default_na=False).to_dict("records"):
+        if (str(row["model"]), str(row["batch"])) not in measured:
+            merged.append(row)
+        elif not placed:
+            merged += new_rows
+            placed = True
+    return merged if placed else merged + new_rows
 
 
 def main(argv=None) -> int:
@@ -34,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="spot checks (under 2 minutes)")
     parser.add_argument("--only", choices=SUITES, action="append",
                         help="run only this suite (repeatable)")
+    parser.add_argument("--case", action="append", dest="cases",
+                        help="nn_steps only: run this case (fc, resnet18, vit, resnet18-memory; "
+                             "repeatable) and replace just its (model, batch) rows in the CSV")
     parser.add_argument("--out", default="results/benchmarks", help="directory for the CSVs")
     parser.add_argument("--figures", default="paper_figures", help="directory for the plot")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)),
@@ -42,6 +63,9 @@ def main(argv=None) -> int:
 
     from fgexp.results import ResultsError, RunDir, rows_to_csv, atomic_write_text
     out = Path(args.out)
+    if args.cases and args.only != ["nn_steps"]:
+        print("error: --case needs --only nn_steps", file=sys.stderr)
+        return 2
     try:
         RunDir(out, "benchmarks", {}, ["x"], ["x"]).check()
     except ResultsError as err:
@@ -52,10 +76,14 @@ def main(argv=None) -> int:
     common = machine_columns()
     for suite in args.only or SUITES:
         start = time.perf_counter()
-        rows = importlib.import_module(suite).run(quick=args.quick)
-        rows = [{**common, **row} for row in rows]
-        columns = list(dict.fromkeys(c for row in rows for c in row))
         path = out / f"{suite}.csv"
+        if args.cases:
+            rows = importlib.import_module(suite).run(quick=args.quick, cases=args.cases)
+            rows = merged_rows(path, [{**common, **row} for row in rows])
+        else:
+            rows = importlib.import_module(suite).run(quick=args.quick)
+            rows = [{**common, **row} for row in rows]
+        columns = list(dict.fromkeys(c for row in rows for c in row))
         atomic_write_text(path, rows_to_csv(rows, columns))
         print(f"{suite}: {len(rows)} cases in {time.perf_counter() - start:.0f} s -> {path}")
     if (out / "nn_steps.csv").exists():

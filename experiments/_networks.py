@@ -13,11 +13,12 @@ import _common
 # Flags that set the NetConfig field of their name (--epochs sets max_epochs, its dest).
 FIELDS = ("models", "datasets", "widths", "seeds", "mode", "perturbation", "max_epochs",
           "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "lr_rule",
-          "data_root")
+          "data_root", "activity_tangents")
 
 
 def parser(description: str, presets: dict, name: str):
     from fgexp.directional import MODES, PERTURBATIONS
+    from fgexp.nn.activity import SCHEMES
     from fgexp.paper import GRADIENTS, MODELS
     p = _common.make_parser(description, presets)
     p.add_argument("--models", type=_common.str_list, help=f"comma list: {', '.join(MODELS)}")
@@ -34,6 +35,9 @@ def parser(description: str, presets: dict, name: str):
     p.add_argument("--mode", choices=MODES,
                    help="forward: forward-mode AD; simulated: backprop then project (paper)")
     p.add_argument("--perturbation", choices=PERTURBATIONS)
+    p.add_argument("--activity-tangents", choices=SCHEMES,
+                   help="activity tangent scheme (docs/network_gradients.md); default: the "
+                        "preset's, else each model's own (independent with BatchNorm)")
     p.add_argument("--epochs", dest="max_epochs", type=int, help="maximum epochs per run")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
     p.add_argument("--batch-size", type=int, help="training batch (default 64 MNIST, 128 CIFAR)")
@@ -50,6 +54,11 @@ def parser(description: str, presets: dict, name: str):
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--checkpoints", help="per-run checkpoint directory (default "
                                          f"scratch/checkpoints/{name}); deleted when a run ends")
+    p.add_argument("--runs-per-batch", type=int,
+                   help="FC runs of one width trained together on one device as one batched "
+                        "model (fgexp.nn.batched; default 4, about the CPU optimum; a GPU takes "
+                        "all 24 runs of a width). With --list-runs: one line per batch (whole "
+                        "gradients, all seeds) instead of one per run")
     p.add_argument("--list-runs", action="store_true",
                    help="print one line of arguments per run (a SLURM array list), then exit")
     return p
@@ -59,19 +68,45 @@ def run_lines(args, cfg, runs) -> list[str]:
     """One argument line per run: the preset, the run's sweep point and the passed-through
     options (for slurm/submit_array.sh; labels come from the values)."""
     import shlex
-    keep = []
-    for flag, value in (("--out", args.out), ("--data-root", args.data_root),
-                        ("--lr-table", args.lr_table), ("--lr-rule", args.lr_rule),
-                        ("--epochs", args.max_epochs),
-                        ("--mode", args.mode), ("--perturbation", args.perturbation)):
-        if value is not None:
-            keep += [flag, str(value)]
     lines = []
     for r in runs:
         point = ["--preset", args.preset, "--models", r.model, "--datasets", r.dataset,
                  *(["--widths", str(r.width)] if r.width else []),
                  "--gradients", r.gradient + (f":{r.k}" if r.k else ""), "--seeds", str(r.seed)]
-        lines.append(shlex.join([*point, *keep]))
+        lines.append(shlex.join([*point, *kept_options(args)]))
+    return lines
+
+
+def kept_options(args) -> list[str]:
+    """The options every listed line passes through."""
+    keep = []
+    for flag, value in (("--out", args.out), ("--data-root", args.data_root),
+                        ("--lr-table", args.lr_table), ("--lr-rule", args.lr_rule),
+                        ("--epochs", args.max_epochs),
+                        ("--mode", args.mode), ("--perturbation", args.perturbation),
+                        ("--activity-tangents", args.activity_tangents)):
+        if value is not None:
+            keep += [flag, str(value)]
+    return keep
+
+
+def batch_lines(args, cfg) -> list[str]:
+    """--list-runs with --runs-per-batch N: one line per model shape and chunk of whole
+    gradients (all seeds each), at most N runs a line (at least one gradient), for one SLURM
+    task per device."""
+    import shlex
+    per_line = max(1, args.runs_per_batch // len(cfg.seeds))
+    lines = []
+    for m in cfg.models:
+        for d in cfg.datasets:
+            for w in cfg.widths:
+                for i in range(0, len(cfg.gradients), per_line):
+                    point = ["--preset", args.preset, "--models", m, "--datasets", d,
+                             *(["--widths", str(w)] if w else []),
+                             "--gradients", ",".join(cfg.gradients[i:i + per_line]),
+                             "--seeds", ",".join(map(str, cfg.seeds)),
+                             "--runs-per-batch", str(args.runs_per_batch)]
+                    lines.append(shlex.join([*point, *kept_options(args)]))
     return lines
 
 
@@ -114,10 +149,18 @@ def run(argv, description: str, presets: dict, name: str) -> int:
     from fgexp.results import RunDir, probe_writable, remove_stale_temporaries
     cfg = config_from(args, presets[args.preset])
     nets.validate(cfg)
+    if cfg.perturbation == "activity":
+        from fgexp.nn.activity import check_models_scheme
+        check_models_scheme(cfg.models, cfg.activity_tangents)
     if cfg.lr is None:
         _common.check_table(cfg.lr_table, "--lr-table")
+    if args.runs_per_batch is not None and args.runs_per_batch < 1:
+        raise _common.UsageError(f"--runs-per-batch must be >= 1 (R >= 1), got "
+                                 f"{args.runs_per_batch}")
     if args.list_runs:
-        print("\n".join(run_lines(args, cfg, nets.runs(cfg))))
+        lines = (batch_lines(args, cfg) if args.runs_per_batch
+                 else run_lines(args, cfg, nets.runs(cfg)))
+        print("\n".join(lines))
         return 0
     device = pick_device(args.device)
     rd = RunDir(args.out, name, {**nets.config_record(cfg), "preset": args.preset},
@@ -129,12 +172,22 @@ def run(argv, description: str, presets: dict, name: str) -> int:
     lrs = nets.learning_rates(cfg, f"{name}:{args.preset}", todo)
     data = {d: nets.load_data(cfg, d) for d in dict.fromkeys(r.dataset for r in todo)}
     rd.start(args.preset)
-    for r in tqdm(todo, desc=name, unit="run", disable=args.no_progress):
-        ckpt = nets.checkpoint_for(ckpt_dir, r, cfg, lrs[r], rd.dir, device)
-        rows = nets.run_rows(r, cfg, data[r.dataset], lrs[r], ckpt, device,
-                             progress=not args.no_progress)
+    ckpts = {r: nets.checkpoint_for(ckpt_dir, r, cfg, lrs[r], rd.dir, device) for r in todo}
+
+    def store(r, rows):
         rd.write_cell(r.cell_id, rows)
-        ckpt.path.unlink(missing_ok=True)
+        ckpts[r].path.unlink(missing_ok=True)
+
+    batched = [r for r in todo if nets.batchable(r, cfg)]
+    per_batch = args.runs_per_batch or (4 if device.type == "cpu" else len(batched) or 1)
+    for batch in tqdm(nets.batches_of(batched, per_batch), desc=f"{name} batches",
+                      unit="batch", disable=args.no_progress or not batched):
+        nets.train_batch(batch, cfg, data[batch[0].dataset], lrs, [ckpts[r] for r in batch],
+                         device, progress=not args.no_progress, on_end=store)
+    for r in tqdm([r for r in todo if r not in batched], desc=name, unit="run",
+                  disable=args.no_progress or len(batched) == len(todo)):
+        store(r, nets.run_rows(r, cfg, data[r.dataset], lrs[r], ckpts[r], device,
+                               progress=not args.no_progress))
     rd.finish()
     print(f"{name}: {len(todo)} runs trained, results in {rd.csv_path}", file=sys.stderr)
     return 0

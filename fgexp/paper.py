@@ -31,6 +31,9 @@ PAPER_NS = tuple(2 ** e for e in range(11))
 FUNCTIONS = ("sphere", "rosenbrock", "styblinski-tang")
 # Network models (fgexp.nn.models.build).
 MODELS = ("fc", "resnet18", "vit")
+# Those with BatchNorm, whose examples are coupled in train mode (their activity tangent
+# scheme matters: docs/network_gradients.md).
+BATCHNORM_MODELS = ("resnet18",)
 
 
 def parse_gradient(token: str) -> tuple[str, int | None]:

@@ -55,11 +55,12 @@ def grid_losses(task: Task, setting: Mapping, lrs: Sequence[float], seeds: Seque
     batched = getattr(task, "batched", None)
     if batched is not None:
         return torch.as_tensor(batched(dict(setting), list(lrs), list(seeds)), dtype=torch.float64)
-    return torch.tensor([[_last(task.objective(dict(setting), lr, s)) for s in seeds]
+    return torch.tensor([[last_value(task.objective(dict(setting), lr, s)) for s in seeds]
                          for lr in lrs], dtype=torch.float64)
 
 
-def _last(losses: Iterator[float]) -> float:
+def last_value(losses: Iterator[float]) -> float:
+    """The last loss an objective yields (nan if none)."""
     value = math.nan
     for value in losses:
         pass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fgexp.config import coerce
+from fgexp.lr.grid import last_value
 from fgexp.lr.table import RATE_COLUMNS
 from fgexp.nn import runs as nets
 from fgexp.nn.train import epochs
@@ -65,6 +66,26 @@ class NetworkTask:
             yield math.inf if diverged else state.best_val
 
 
+    def batched(self, setting: dict, lrs: list[float], seeds: list[int]) -> list[list[float]]:
+        """Losses (L, S) of every rate and seed, trained as one batch (FC models; others one
+        by one): each run's best validation loss over the horizon, inf where it diverged."""
+        if not nets.batchable(self.run_of(setting, seeds[0]), self.config):
+            return [[last_value(self.objective(setting, lr, s)) for s in seeds] for lr in lrs]
+        from fgexp.nn.batched import train_runs
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        runs = [self.run_of(setting, s) for _ in lrs for s in seeds]
+        rates = [lr for lr in lrs for _ in seeds]
+        data = self.data(runs[0].dataset)
+        states = train_runs(
+            [nets.build_model(r, data, r.seed, device) for r in runs], data,
+            [nets.spec_of(r, self.config) for r in runs],
+            [nets.train_config(self.config, r, lr, self.horizon(setting))
+             for r, lr in zip(runs, rates)], [r.seed for r in runs], device=device)
+        losses = [math.inf if st.status == "diverged" or not math.isfinite(st.best_val)
+                  else st.best_val for st in states]
+        return [losses[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(lrs))]
+
+
 def _task(name: str, columns: tuple[str, ...], preset: str, overrides) -> NetworkTask:
     presets = nets.PRESETS[name]
     if preset not in presets:
@@ -90,3 +111,42 @@ def resnet_vit(preset: str = "smoke", **overrides) -> NetworkTask:
 
 fc_mnist.presets = tuple(nets.PRESETS["fc_mnist"])
 resnet_vit.presets = tuple(nets.PRESETS["resnet_vit"])
+
+
+# The authors' published FC rates (paper Appendix B; shared/reference/paper_lrs/fc_nns.csv),
+# in this suite's LR-table schema, as a separate table: never merged into a searched one.
+PAPER_BACKEND = "paper-appendix-b"  # the backend column of every such row
+PAPER_EVALUATIONS = 100             # Appendix B: 100 Propulate evaluations per setting
+
+
+def paper_fc_rows(path) -> list[dict]:
+    """Rows (fc, mnist, width, gradient, k, sampler, lr, loss, evaluations, backend) of the
+    authors' fc_nns.csv (model 'fc_w=256', gradient_approach, k as '2.0', lr); their loss is
+    not published (nan)."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as fh:
+        source = list(csv.DictReader(fh))
+    rows = []
+    for row in source:
+        model, _, width = row["model"].partition("_w=")
+        if model != "fc" or not width.isdigit():
+            raise ValueError(f"{path}: model {row['model']!r} is not of the form fc_w=<width>")
+        k = "" if row["gradient_approach"] == "bp" else int(float(row["k"]))
+        rows.append({"model": "fc", "dataset": row["dataset"], "width": int(width),
+                     "gradient": row["gradient_approach"], "k": k, "sampler": nets.SAMPLER,
+                     "lr": float(row["lr"]), "loss": math.nan,
+                     "evaluations": PAPER_EVALUATIONS, "backend": PAPER_BACKEND})
+    return rows
+
+
+def write_paper_table(source, lr_dir) -> str:
+    """<lr_dir>/fc_mnist.csv from the authors' fc_nns.csv; returns its path."""
+    from pathlib import Path
+
+    from fgexp.lr.table import table_columns
+    from fgexp.results import atomic_write_text, rows_to_csv
+    path = Path(lr_dir) / "fc_mnist.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, rows_to_csv(paper_fc_rows(source),
+                                        table_columns(("model", "dataset", "width"))))
+    return str(path)

@@ -2,14 +2,17 @@
 gradients by block-local VJPs (no gradient flows between blocks).
 
 Entry point: `activity_gradients`, called by fgexp.nn.gradients.set_gradients. The tangent
-schemes (shared across the batch, or independent per example for BatchNorm in train mode),
-the two modes and the memory plan are explained in docs/network_gradients.md.
+schemes (SCHEMES: shared across the batch, or independent per example; for BatchNorm in train
+mode also the paper's per-example scheme and held batch statistics), the two modes and the
+memory plan are explained in docs/network_gradients.md.
 """
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,15 @@ from fgexp.aggregate import aggregate
 from fgexp.directional import GradientSpec, flatten
 
 _SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {input key: shapes}
-SCHEMES = ("shared", "independent")  # activity tangents: shared across the batch, or not
+# Activity tangent schemes (docs/network_gradients.md). All but "independent" share one tangent
+# of per-example shape across the batch; they differ only for train-mode BatchNorm:
+#   shared       per-example losses' derivatives (refused with BatchNorm in train mode: biased)
+#   per-example  the paper's: each example's derivative of the batch loss, coupling included
+#   independent  tangents independent across examples, derivative of the batch loss
+#   held-stats   BatchNorm's batch statistics held constant in the tangent pass (biased)
+SCHEMES = ("shared", "per-example", "independent", "held-stats")
+COUPLED_SCHEMES = SCHEMES[1:]  # those a model with train-mode BatchNorm can use
+EXAMPLE_PASSES = 8  # per-example forward mode: examples per vmapped call (memory: 8 batches)
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(logits, targets, reduction="none") -> (B,)
 
@@ -41,7 +52,8 @@ def activity_scheme(model: nn.Module) -> str:
 
 def resolve_scheme(model: nn.Module, scheme: str | None) -> str:
     """The scheme to use (`scheme`, or the model's default); ValueError for a model or scheme
-    that activity perturbation cannot serve."""
+    that activity perturbation cannot serve. Without coupling, per-example and held-stats are
+    the shared scheme (the same estimator) and run as it."""
     if not hasattr(model, "blocks"):
         raise ValueError(f"activity perturbation needs a model with .blocks (a BlockModel from "
                          f"fgexp.nn.models.build); {type(model).__name__} has none")
@@ -51,15 +63,43 @@ def resolve_scheme(model: nn.Module, scheme: str | None) -> str:
     if outside:
         raise ValueError(f"activity perturbation needs every trainable parameter inside a block; "
                          f"outside .blocks: {', '.join(outside[:3])}")
+    check_scheme(scheme)
     if scheme is None:
         return activity_scheme(model)
-    if scheme not in SCHEMES:
+    if not couples_examples(model):
+        return "shared" if scheme != "independent" else scheme
+    if scheme == "shared":
+        raise ValueError("shared activity tangents are biased for a model whose BatchNorm layers "
+                         f"are in train mode; use one of {', '.join(COUPLED_SCHEMES)} "
+                         "(docs/network_gradients.md)")
+    return scheme
+
+
+def check_scheme(scheme: str | None) -> None:
+    if scheme is not None and scheme not in SCHEMES:
         raise ValueError(f"unknown activity tangent scheme {scheme!r}; "
                          f"allowed: {', '.join(SCHEMES)}")
-    if scheme == "shared" and couples_examples(model):
-        raise ValueError("shared activity tangents are biased for a model whose BatchNorm layers "
-                         "are in train mode; use 'independent' (the default for such models)")
-    return scheme
+
+
+def check_models_scheme(models, scheme: str | None) -> None:
+    """Before any compute: ValueError for shared tangents asked of a BatchNorm model (by name,
+    fgexp.paper.BATCHNORM_MODELS), as resolve_scheme would refuse it at the first step."""
+    from fgexp.paper import BATCHNORM_MODELS
+    check_scheme(scheme)
+    coupled = [m for m in models if m in BATCHNORM_MODELS]
+    if scheme == "shared" and coupled:
+        raise ValueError(f"--activity-tangents shared is biased for {', '.join(coupled)} "
+                         f"(BatchNorm in train mode); use one of {', '.join(COUPLED_SCHEMES)}")
+
+
+@dataclass(frozen=True)
+class ActivitySpec(GradientSpec):
+    """A GradientSpec that also names the activity tangent scheme (fgexp.nn.runs.spec_of)."""
+    activity_tangents: str | None = None  # a SCHEMES name; None: activity_scheme(model)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_scheme(self.activity_tangents)
 
 
 @contextmanager
@@ -76,6 +116,42 @@ def frozen_batch_stats(model: nn.Module) -> Iterator[None]:
         for m in switched:
             m.track_running_stats = True
 
+
+
+def _held_batch_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Train-mode BatchNorm whose batch statistics are constants (detached: no tangent and no
+    gradient flows through them); running statistics untouched.
+
+    The value is the train kernel's (the detached difference restores it), so the saved block
+    inputs match a bp forward pass: recomputed normalization drifts through deep layers of
+    small batches (ResNet18's layer4 normalizes B values when its maps are 1 x 1)."""
+    dims = [0, *range(2, x.dim())]
+    mean, var = x.mean(dims), x.var(dims, unbiased=False)
+    held = F.batch_norm(x, mean.detach(), var.detach(), module.weight, module.bias,
+                        training=False, eps=module.eps)
+    exact = F.batch_norm(x, None, None, module.weight, module.bias, training=True,
+                         eps=module.eps)
+    return held + (exact - held).detach()
+
+
+@contextmanager
+def held_batch_stats(model: nn.Module) -> Iterator[None]:
+    """Every train-mode BatchNorm of `model` normalizes with its batch statistics held constant:
+    the held-stats scheme's tangent pass (and its simulated backprop)."""
+    switched = [m for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in switched:
+        m.forward = types.MethodType(_held_batch_norm, m)
+    try:
+        yield
+    finally:
+        for m in switched:
+            del m.forward
+
+
+def shares_tangents(scheme: str) -> bool:
+    """Tangents of one example's shape, the same for every example of the batch."""
+    return scheme != "independent"
 
 
 # Tangents, perturbed passes and block-local VJPs
@@ -116,7 +192,7 @@ def block_shapes(model: nn.Module, inputs: torch.Tensor) -> list[torch.Size]:
 def sample_tangents(model, inputs, spec, generator, scheme):
     """Global tangents (k, N) and their per-block views (k, *shape_l)."""
     shapes = block_shapes(model, inputs)
-    if scheme == "shared":
+    if shares_tangents(scheme):
         shapes = [s[1:] for s in shapes]
     sizes = [s.numel() for s in shapes]
     first = next(iter(model.parameters()))
@@ -192,18 +268,50 @@ def activity_jvps_forward(model, inputs, targets, tangent_views, loss_fn=F.cross
     return losses_b, torch.cat([jvps for _, jvps, _ in parts]), saved
 
 
+def per_example_jvps_forward(model, inputs, targets, tangent_views, loss_fn=F.cross_entropy,
+                             chunk_size=None):
+    """The per-example scheme in forward mode: d_{b,i} = <dL/dh(b), v_i> (L: the summed batch
+    loss) by one forward-mode pass per example and tangent, carrying v_i on example b's
+    activations and zero on the others'. B passes per tangent, EXAMPLE_PASSES examples at a
+    time; returns losses (B,), derivatives (B, k) and the blocks' saved inputs.
+    """
+    batch, k = len(inputs), tangent_views[0].shape[0]
+    columns_kxc, saved, losses_b = [], None, None
+    for start in range(0, batch, EXAMPLE_PASSES):
+        rows = torch.arange(start, min(start + EXAMPLE_PASSES, batch), device=inputs.device)
+        views = []
+        for v in tangent_views:  # (k, *shape) -> (k * c, B, *shape), one example nonzero
+            one_hot = v.new_zeros(k, len(rows), batch, *v.shape[1:])
+            one_hot[:, torch.arange(len(rows)), rows] = v.unsqueeze(1)
+            views.append(one_hot.flatten(0, 1))
+        losses_b, jvps_txb, block_inputs = activity_jvps_forward(
+            model, inputs, targets, views, loss_fn, chunk_size)
+        saved = block_inputs if saved is None else saved
+        columns_kxc.append(jvps_txb.sum(-1).reshape(k, len(rows)))
+    return losses_b, torch.cat(columns_kxc, dim=1).T, saved
+
+
 def _activity_grads_simulated(model, inputs, targets, loss_fn, scheme):
-    """Backprop: per-example losses, block outputs (with graph) and dLoss/dh_l per block."""
-    with torch.enable_grad():
+    """Backprop: per-example losses, what the local VJPs need and dLoss/dh_l per block.
+
+    The second value is every block's output with its graph, or for held-stats (whose backprop
+    runs under held statistics, while its VJPs must see train-mode BatchNorm) every block's
+    input, to recompute the block from.
+    """
+    held = scheme == "held-stats"
+    with torch.enable_grad(), held_batch_stats(model) if held else nullcontext():
         h, outputs = inputs, []
         for block in model.blocks:
             h = block(h)
             outputs.append(h)
         losses_b = loss_fn(h, targets, reduction="none")
-        # shared: sum over examples gives each example its own dL_b/dh_l(b) (no coupling);
+        # shared tangents: the summed loss's gradient at example b's activations, dL_b/dh_l(b)
+        # without coupling, BatchNorm's coupling included otherwise (per-example);
         # independent: the batch loss's gradient over the whole batch's activations.
-        total = losses_b.sum() if scheme == "shared" else losses_b.mean()
-        grads = torch.autograd.grad(total, outputs, retain_graph=True)
+        total = losses_b.sum() if shares_tangents(scheme) else losses_b.mean()
+        grads = torch.autograd.grad(total, outputs, retain_graph=not held)
+    if held:
+        outputs = [h.detach() for h in [inputs, *outputs[:-1]]]
     return losses_b, outputs, grads
 
 
@@ -254,19 +362,36 @@ def activity_directional_derivatives(model, inputs, targets, tangent_views, mode
                                      chunk_size: int | None = None, keep_graph: bool = False):
     """Per-example losses (B,), directional derivatives and what the local VJPs need.
 
-    Derivatives: (B, k) per example (shared scheme) or (k,) of the batch loss (independent).
-    The third value is each block's saved input (forward) or output with its graph (simulated).
+    Derivatives: (B, k) per example (schemes sharing tangents) or (k,) of the batch loss
+    (independent). The third value is each block's saved input (forward mode, and held-stats,
+    whose VJPs see train-mode BatchNorm) or output with its graph (simulated).
     """
+    if mode == "forward" and scheme == "per-example":
+        return per_example_jvps_forward(model, inputs, targets, tangent_views, loss_fn,
+                                        chunk_size)
     if mode == "forward":
-        losses_b, jvps_kxb, saved = activity_jvps_forward(
-            model, inputs, targets, tangent_views, loss_fn, chunk_size, keep_graph)
-        return losses_b, (jvps_kxb.T if scheme == "shared" else jvps_kxb.mean(-1)), saved
+        with held_batch_stats(model) if scheme == "held-stats" else nullcontext():
+            losses_b, jvps_kxb, saved = activity_jvps_forward(
+                model, inputs, targets, tangent_views, loss_fn, chunk_size, keep_graph)
+        return losses_b, (jvps_kxb.T if shares_tangents(scheme) else jvps_kxb.mean(-1)), saved
     losses_b, outputs, act_grads = _activity_grads_simulated(model, inputs, targets, loss_fn,
                                                              scheme)
-    lead = 1 if scheme == "shared" else 0
+    lead = 1 if shares_tangents(scheme) else 0
     grad_n = flatten(dict(enumerate(act_grads)), lead=lead)  # (B, N) or (B*N,)
     tangents_kxn = torch.cat([v.reshape(len(v), -1) for v in tangent_views], dim=-1)
     return losses_b, grad_n @ tangents_kxn.T, outputs
+
+
+def scheme_target(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, scheme: str,
+                  loss_fn: LossFn = F.cross_entropy) -> dict:
+    """The parameter gradient, by name, that a scheme's mean estimate averages to (E[v v^T] = I):
+    the exact activity gradients, of the schemes' own targets, through the block-local VJPs.
+    bp's gradient for every unbiased scheme; held-stats' shows its bias."""
+    losses_b, outputs, act_grads = _activity_grads_simulated(model, inputs, targets, loss_fn,
+                                                             scheme)
+    scale = 1 / len(losses_b) if shares_tangents(scheme) else 1  # the summed loss's -> mean's
+    return _local_vjps(model, outputs, [g * scale for g in act_grads],
+                       recompute=scheme == "held-stats")
 
 
 def activity_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -277,16 +402,16 @@ def activity_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
     keep_graph = spec.mode == "forward" and keeps_graph(spec, scheme)
     losses_b, jvps, saved = activity_directional_derivatives(
         model, inputs, targets, views, spec.mode, scheme, loss_fn, spec.chunk_size, keep_graph)
-    batch = len(losses_b)
-    if scheme == "shared":
+    batch, shared = len(losses_b), shares_tangents(scheme)
+    if shared:
         estimate = shared_aggregate(tangents_kxn, jvps, spec.aggregation) / batch  # (B, N)
     else:
         estimate = aggregate(tangents_kxn, jvps, spec.aggregation)  # (B*N,)
     sizes = [v[0].numel() for v in views]
-    shapes = [(batch, *v.shape[1:]) if scheme == "shared" else v.shape[1:] for v in views]
+    shapes = [(batch, *v.shape[1:]) if shared else v.shape[1:] for v in views]
     del tangents_kxn, views  # k times the activations: not needed for the VJPs
     parts = estimate.split(sizes, dim=-1)
     activity_grads = [part.reshape(shape) for part, shape in zip(parts, shapes)]  # (B, ...)
-    recompute = spec.mode == "forward" and not keep_graph
+    recompute = (spec.mode == "forward" and not keep_graph) or scheme == "held-stats"
     grads = _local_vjps(model, saved, activity_grads, recompute=recompute)
     return losses_b.mean(), grads

@@ -31,8 +31,9 @@ def set_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     """Set p.grad (replacing any old one) on every trainable parameter; return the batch loss.
 
     loss_fn is called as loss_fn(logits, targets, reduction="none"), like torch's functional
-    losses; the batch loss is the mean over examples. activity_tangents overrides the tangent
-    scheme of activity perturbation (default: `activity_scheme(model)`).
+    losses; the batch loss is the mean over examples. activity_tangents names the tangent
+    scheme of activity perturbation (fgexp.nn.activity.SCHEMES; default: the spec's
+    `activity_tangents` (an ActivitySpec's), else `activity_scheme(model)`).
     """
     if not isinstance(spec, GradientSpec):
         raise ValueError(f"spec must be a GradientSpec, got {type(spec).__name__}")
@@ -42,7 +43,8 @@ def set_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     elif spec.perturbation == "weight":
         loss, grads = _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn)
     else:
-        scheme = resolve_scheme(model, activity_tangents)
+        scheme = resolve_scheme(model, activity_tangents
+                                or getattr(spec, "activity_tangents", None))
         loss, grads = activity_gradients(model, inputs, targets, spec, generator, loss_fn, scheme)
     for name, p in params.items():
         p.grad = grads[name].detach().reshape(p.shape).to(p.dtype)

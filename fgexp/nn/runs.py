@@ -48,6 +48,8 @@ class NetConfig:
     lr: float | None = None                      # one rate for every run (overrides the table)
     lr_rule: str | None = None                   # forward-gradient rates from this rule of
     #   fgexp.lr.rules applied to bp's table rate (docs/lr_rules.md); None: all from the table
+    activity_tangents: str | None = None         # activity tangent scheme, a name in
+    #   fgexp.nn.activity.SCHEMES (docs/network_gradients.md); None: each model's default
     data_root: str = "data"                      # where torchvision finds MNIST/CIFAR10
     download: bool = False                       # let torchvision download missing files
 
@@ -82,8 +84,9 @@ def runs(cfg: NetConfig) -> list[Run]:
 
 
 def spec_of(run: Run, cfg: NetConfig) -> GradientSpec:
-    return GradientSpec(run.gradient, run.k or 1, SAMPLER, cfg.mode,
-                        perturbation=cfg.perturbation)
+    from fgexp.nn.activity import ActivitySpec
+    return ActivitySpec(run.gradient, run.k or 1, SAMPLER, cfg.mode,
+                        perturbation=cfg.perturbation, activity_tangents=cfg.activity_tangents)
 
 
 def batch_size(cfg: NetConfig, dataset: str) -> int:
@@ -165,11 +168,47 @@ def run_rows(run: Run, cfg: NetConfig, data: datasets.DataSet, lr: float,
     model = build_model(run, data, run.seed, device)
     state = train(model, data, spec_of(run, cfg), train_config(cfg, run, lr), run.seed,
                   checkpoint, device, progress, desc=run.cell_id, on_epoch=on_epoch)
+    return rows_of(run, cfg, lr, state)
+
+
+def rows_of(run: Run, cfg: NetConfig, lr: float, state) -> list[dict]:
+    """A finished run's CSV rows (one per epoch) from its TrainState."""
     fixed = {"model": run.model, "dataset": run.dataset, "width": run.width,
              "gradient": run.gradient, "k": run.k, "mode": cfg.mode,
              "perturbation": cfg.perturbation, "seed": run.seed, "lr": lr,
              "status": state.status}
     return [{**fixed, **row} for row in state.history]
+
+
+def batchable(run: Run, cfg: NetConfig) -> bool:
+    """FC runs train on the batched engine (fgexp.nn.batched), which serves the activity
+    tangents shared across the batch (every scheme but "independent" is that one for a model
+    without BatchNorm; docs/network_gradients.md); ResNet18/ViT train one by one."""
+    return run.model == "fc" and getattr(cfg, "activity_tangents", None) != "independent"
+
+
+def batches_of(todo: Sequence[Run], size: int) -> list[list[Run]]:
+    """Batches of at most `size` runs that share a model shape (model, data set, width)."""
+    if size < 1:
+        raise ValueError(f"runs per batch must be >= 1 (R >= 1), got {size}")
+    shapes: dict[tuple, list[Run]] = {}
+    for r in todo:
+        shapes.setdefault((r.model, r.dataset, r.width), []).append(r)
+    return [group[i:i + size] for group in shapes.values() for i in range(0, len(group), size)]
+
+
+def train_batch(batch: Sequence[Run], cfg: NetConfig, data: datasets.DataSet,
+                lrs: Mapping[Run, float], checkpoints: Sequence[Checkpoint | None],
+                device=None, progress: bool = False, on_end=None, on_epoch=None) -> None:
+    """Train runs of one model shape as one batch; on_end(run, rows) as each run ends."""
+    from fgexp.nn.batched import train_runs
+    models = [build_model(r, data, r.seed, device) for r in batch]
+    train_runs(models, data, [spec_of(r, cfg) for r in batch],
+               [train_config(cfg, r, lrs[r]) for r in batch], [r.seed for r in batch],
+               checkpoints, device, progress, desc=f"{len(batch)} runs {batch[0].cell_id}",
+               on_epoch=on_epoch and (lambda i, row: on_epoch(batch[i], row)),
+               on_end=on_end and (lambda i, st: on_end(batch[i], rows_of(batch[i], cfg,
+                                                                       lrs[batch[i]], st))))
 
 
 def checkpoint_for(directory: Path | str, run: Run, cfg: NetConfig, lr: float,
@@ -207,23 +246,28 @@ PRESETS = {
         # seconds: plumbing check on 256 real digits at a fixed rate (no LR table needed)
         "smoke": NetConfig(datasets=("mnist5k",), widths=(32,), gradients=SMOKE_FC_GRADIENTS,
                            seeds=(0,), max_epochs=2, train_limit=256, eval_limit=128, lr=0.05),
-        # honest but reduced: 5000 offline digits (3500 train), widths 256 and 1024, few epochs
-        "cpu": NetConfig(datasets=("mnist5k",), widths=(256, 1024), max_epochs=20,
-                         search_epochs=5),
+        # the paper's horizon (200 epochs, patience 10) on 5000 offline digits (3500 train),
+        # widths 256 and 1024; the LR search runs over the same horizon (make lrs-fc-cpu)
+        "cpu": NetConfig(datasets=("mnist5k",), widths=(256, 1024)),
         # the paper: full MNIST, three widths, 200 epochs with early stopping
         "paper": NetConfig(datasets=("mnist",), widths=(256, 1024, 4096)),
     },
+    # ResNet18 takes the paper's activity tangents (per-example, docs/network_gradients.md) in
+    # every preset; for the ViT (no BatchNorm) that scheme is the shared one.
     "resnet_vit": {
         "smoke": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",),
                            gradients=("bp", "frog:2"), seeds=(0,), max_epochs=1, train_limit=32,
-                           eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv"),
-        # honest but reduced (a ViT epoch on 500 images takes about a minute on one CPU core):
-        # one seed, 500 offline training digits, 250 validation and 250 test digits, 2 epochs
+                           eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv",
+                           activity_tangents="per-example"),
+        # honest but reduced, sized for 2 CPU cores (one epoch of the whole 3500-digit split,
+        # evaluation included: ResNet18 about 50 s, ViT about 155 s on one core): one seed,
+        # at most 8 epochs, early stopping after 3 without validation improvement
         "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), seeds=(0,),
-                         max_epochs=2, train_limit=500, eval_limit=250, search_epochs=1,
-                         lr_table="results/lrs/resnet_vit.csv"),
+                         max_epochs=8, patience=3, search_epochs=1,
+                         lr_table="results/lrs/resnet_vit.csv", activity_tangents="per-example"),
         # the paper: both models on MNIST and CIFAR-10, 200 epochs (LR search: at most 50)
         "paper": NetConfig(models=("resnet18", "vit"), datasets=("mnist", "cifar10"),
-                           search_epochs=50, lr_table="results/lrs/resnet_vit.csv"),
+                           search_epochs=50, lr_table="results/lrs/resnet_vit.csv",
+                           activity_tangents="per-example"),
     },
 }

@@ -9,6 +9,7 @@ import matplotlib
 import pandas as pd
 from matplotlib import pyplot as plt
 
+from fgexp.paper import BATCHNORM_MODELS
 from fgexp.plots.style import gradient_colour, gradient_name, gradient_rank, markdown_table
 
 
@@ -124,14 +125,31 @@ def figure6(df: pd.DataFrame, curve_width: int = 1024, note: str = "") -> plt.Fi
     return fig
 
 
-def table_networks(df: pd.DataFrame) -> pd.DataFrame:
-    """Minimum test error (%) per model, data set and gradient: mean over seeds of each run's
-    minimum over epochs, with standard deviation, n and the most epochs a run trained."""
+def estimator_of(model: str, gradient: str, perturbation: str,
+                 activity_tangents: str | None) -> str:
+    """The estimator a run used: 'exact' (bp), 'weight', or its activity tangent scheme (the
+    config's `activity_tangents` for a BatchNorm model, default independent; shared otherwise)."""
+    if gradient == "bp":
+        return "exact"
+    if perturbation != "activity":
+        return perturbation
+    return (activity_tangents or "independent") if model in BATCHNORM_MODELS else "shared"
+
+
+TABLE_KEYS = ["model", "dataset", "estimator", "gradient", "k"]
+
+
+def table_networks(df: pd.DataFrame, activity_tangents: str | None = None) -> pd.DataFrame:
+    """Minimum test error (%) per model, data set, estimator and gradient: mean over seeds of
+    each run's minimum over epochs, with standard deviation, n and the most epochs a run
+    trained. `activity_tangents`: the runs' config field (from the manifest)."""
     df = runs_in_order(df)
     minima = run_minima(df)
-    summary = summarize_minima(minima, ["model", "dataset", "gradient", "k"])
-    epochs = minima.groupby(["model", "dataset", "gradient", "k"])["epochs"].max().reset_index()
-    out = summary.merge(epochs, on=["model", "dataset", "gradient", "k"])
+    minima["estimator"] = [estimator_of(m, g, p, activity_tangents) for m, g, p in
+                           zip(minima["model"], minima["gradient"], minima["perturbation"])]
+    summary = summarize_minima(minima, TABLE_KEYS)
+    epochs = minima.groupby(TABLE_KEYS)["epochs"].max().reset_index()
+    out = summary.merge(epochs, on=TABLE_KEYS)
     out = out.assign(_o=out["gradient"].map(gradient_rank))
     out = out.sort_values(["model", "dataset", "_o", "k"], kind="stable")
     out = out.drop(columns=["_o", "min_pct", "max_pct"])
@@ -140,8 +158,14 @@ def table_networks(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_networks_markdown(table: pd.DataFrame) -> str:
-    """Rows: gradient and k; columns: model / data set; cells 'mean ± std (n)' in percent."""
-    table = table.assign(column=table["model"] + " / " + table["dataset"],
+    """Rows: gradient and k; columns: model / data set, with the activity tangent scheme of a
+    BatchNorm model (where schemes differ); cells 'mean ± std (n)' in percent."""
+    coupled = table[table["model"].isin(BATCHNORM_MODELS) & (table["estimator"] != "exact")]
+    estimators = (coupled.groupby(["model", "dataset"])["estimator"]
+                  .agg(lambda e: ", ".join(dict.fromkeys(e))))
+    table = table.assign(column=[f"{m} / {d}" + (f" ({estimators[(m, d)]})"
+                                                 if (m, d) in estimators else "")
+                                 for m, d in zip(table["model"], table["dataset"])],
                          cell=[f"{m:.2f}" + (f" ± {s:.2f}" if pd.notna(s) else "") + f" (n={n})"
                                for m, s, n in zip(table["test_error_pct"], table["std_pct"],
                                                   table["n"])])
