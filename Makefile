@@ -45,6 +45,8 @@ smoke: $(STAMP) ## every experiment with its smoke preset, into $(SCRATCH)/smoke
 	$(PY) experiments/closed_form.py --preset smoke --cone --out $(SCRATCH)/smoke
 	$(PY) experiments/fc_mnist.py --preset smoke --out $(SCRATCH)/smoke
 	$(PY) experiments/resnet_vit.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/local_guesses.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/local_mixer.py --preset smoke --out $(SCRATCH)/smoke
 	$(PY) experiments/plot.py all --results $(SCRATCH)/smoke --figures $(SCRATCH)/smoke/figures --allow-missing
 
 plots: $(STAMP) ## replot every figure and table from the committed CSVs (no compute)
@@ -83,6 +85,28 @@ figure-6: $(RESULTS)/fc_mnist.csv ## Figure 6 (FC networks on MNIST)
 table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table
 	$(PY) experiments/plot.py table-networks --results $(RESULTS) --figures $(FIGURES)
 
+# Guessed tangents from local losses (docs/local_guesses.md); the cpu preset takes ~30 min.
+.PHONY: figure-guesses
+$(RESULTS)/local_guesses.csv: | $(STAMP)
+	$(PY) experiments/local_guesses.py --preset cpu --out $(RESULTS)
+
+figure-guesses: $(RESULTS)/local_guesses.csv ## guessed tangents: error vs k, mean vs projection, cosines
+	$(PY) experiments/plot.py local-guesses --results $(RESULTS) --figures $(FIGURES)
+
+.PHONY: guesses-lr-check
+guesses-lr-check: $(STAMP) ## guessed tangents at lower and higher rates (~7 min), and its table
+	$(PY) experiments/local_guesses.py --preset cpu-lr-low --out $(RESULTS)/local_guesses_lr/low
+	$(PY) experiments/local_guesses.py --preset cpu-lr-high --out $(RESULTS)/local_guesses_lr/high
+	$(PY) experiments/plot.py local-guesses-lr --results $(RESULTS) --figures $(FIGURES)
+
+# Ren et al.'s LocalMixer and local greedy losses (docs/local_losses.md); cpu preset ~30 min.
+.PHONY: table-local-mixer
+$(RESULTS)/local_mixer.csv: | $(STAMP)
+	$(PY) experiments/local_mixer.py --preset cpu --out $(RESULTS)
+
+table-local-mixer: $(RESULTS)/local_mixer.csv ## LocalMixer table beside Ren et al.'s Table 3
+	$(PY) experiments/plot.py table-local-mixer --results $(RESULTS) --figures $(FIGURES)
+
 lr-search: $(STAMP) ## Propulate LR search over MPI: make lr-search TASK=... RANKS=2
 	@test -n "$(TASK)" || { echo "usage: make lr-search TASK=<task> [RANKS=2]; list tasks: $(PY) experiments/lr_search.py --list-tasks"; exit 2; }
 	$(VENV)/bin/mpirun -n $(RANKS) $(PY) experiments/lr_search.py --backend propulate --task $(TASK) --ranks $(RANKS) $(ARGS)
@@ -102,8 +126,14 @@ lr-rules: $(STAMP) ## results/lr_rules/: rules vs searched rates, Figure 4 rerun
 lrs-closed-form: $(STAMP) ## LR table closed_form.csv (Figures 4, 5b; hours on a CPU)
 	$(PY) experiments/lr_search.py --recipe closed-form --lr-dir $(RESULTS)/lrs $(ARGS)
 
-lrs-fc-cpu: $(STAMP) ## LR table fc_mnist.csv of the FC cpu preset (about 20 min on 2 cores)
+lrs-fc-cpu: $(STAMP) ## LR table fc_mnist.csv of the FC cpu preset (full horizon: width 256 18 min, width 1024 about 1.5 h on one core)
 	$(PY) experiments/lr_search.py --recipe fc-cpu --lr-dir $(RESULTS)/lrs $(ARGS)
+
+# The authors' published FC rates (Appendix B) in our LR-table schema, a separate table
+# (docs/learning_rates.md): experiments/fc_mnist.py --preset paper --lr-table $(RESULTS)/lrs/paper/fc_mnist.csv
+.PHONY: lrs-paper-fc
+lrs-paper-fc: $(STAMP) ## results/lrs/paper/fc_mnist.csv from $(PAPER_LRS)/fc_nns.csv
+	$(PY) -c "from fgexp.lr.networks import write_paper_table as w; print(w('$(PAPER_LRS)/fc_nns.csv', '$(RESULTS)/lrs/paper'))"
 
 lrs-resnet-vit-cpu: $(STAMP) ## LR table resnet_vit.csv of the ResNet18/ViT cpu preset
 	$(PY) experiments/lr_search.py --recipe resnet-vit-cpu --lr-dir $(RESULTS)/lrs $(ARGS)
@@ -123,6 +153,16 @@ bench-quick: $(STAMP) ## spot-check benchmarks (under 2 minutes), into $(SCRATCH
 
 bench-nn: $(STAMP) ## network step benchmark only
 	$(PY) benchmarks/run.py --only nn_steps --out $(RESULTS)/benchmarks --figures $(FIGURES)
+
+.PHONY: bench-projection
+bench-projection: $(STAMP) ## the projection, the tangent draw and FC-1024's steps (docs/benchmarks.md; ~5 min)
+	$(PY) benchmarks/run.py --only draw --out $(RESULTS)/benchmarks --figures $(FIGURES)
+	$(PY) benchmarks/run.py --only approximation --out $(RESULTS)/benchmarks --figures $(FIGURES)
+	$(PY) benchmarks/run.py --only nn_steps --case fc --out $(RESULTS)/benchmarks --figures $(FIGURES)
+
+.PHONY: bench-nn-batched
+bench-nn-batched: $(STAMP) ## batched FC runs vs one after another (docs/networks.md; ~5 min)
+	$(PY) benchmarks/run.py --only nn_batched --out $(RESULTS)/benchmarks --figures $(FIGURES)
 
 # The GPU check (docs/benchmarks.md, "GPU check"): any Python with torch >= 2.4, no install step,
 # the repository on PYTHONPATH. PYTHON given on the command line or in the environment is used

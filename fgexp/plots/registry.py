@@ -175,7 +175,8 @@ def figure6(results_dir: Path) -> Outputs:
 def table_networks(results_dir: Path) -> Outputs:
     """ResNet18/ViT table: minimum test error per model, data set and gradient (CSV + markdown)."""
     df, note = _network(results_dir, "resnet_vit")
-    table = networks.table_networks(df)
+    manifest = read_manifest(results_dir / "resnet_vit.manifest.json") or {}
+    table = networks.table_networks(df, manifest.get("config", {}).get("activity_tangents"))
     source = provenance(results_dir / "resnet_vit.manifest.json")
     return {"table_networks.csv": table.to_csv(index=False, float_format="%.4g"),
             "table_networks.md": "Minimum test error (%), mean ± std over seeds (n runs)"
@@ -240,3 +241,7 @@ def draw_benchmark_steps(csv_path: Path | str, figures_dir: Path | str) -> list[
     """The step benchmark figure from `csv_path`, saved in `figures_dir` (benchmarks/run.py)."""
     return write_outputs({"benchmark_steps": _benchmark_figure(Path(csv_path))},
                          Path(figures_dir))
+
+
+from fgexp.plots import local_guesses as _local_guesses  # noqa: E402,F401  (registers its builder)
+from fgexp.plots import local_mixer as _local_mixer  # noqa: E402,F401  (registers its builder)
