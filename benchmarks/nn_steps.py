@@ -6,7 +6,10 @@ repetitions taken after a warm-up, its interquartile range, the median CPU time 
 both as ratios to bp measured in the same run. Methods are labelled
 `bp`, `<mode>-<perturbation>-<aggregation>-k<k>` (e.g. forward-activity-frog-k16), plus two
 references for FC-1024 weight perturbation: `loop-weight-mean-k<k>` (one jvp pass per tangent,
-the authors' scheme) and `draw-normal-k<k>` (only drawing the k x 1.9M normal numbers).
+the authors' scheme) and `draw-normal-k<k>` (only drawing the k x 1.9M normal numbers, as the
+step draws them: into a buffer reused across steps for k > 1). The mean and the projection of
+one mode, perturbation and k are timed interleaved, a step of each in turn, so that their ratio
+is taken over the same moments.
 
 Peak memory, two measures. `peak_memory_bytes` (the one the ratios use) is the peak of the
 bytes held by tensors during the step, over those held before it: on CUDA from
@@ -154,19 +157,43 @@ def _peak_rss(fn) -> float:
 
 
 def time_steps(fn, device: torch.device, warmup: int, repetitions: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
+    return time_interleaved([fn], device, warmup, repetitions)[0]
+
+
+def time_interleaved(fns, device: torch.device, warmup: int, repetitions: int) -> list[dict]:
+    """Timing rows of several step functions, taking one step of each in turn per repetition:
+    a drift in the machine's speed then reaches all of them alike, so the ratios between them
+    are taken over the same moments."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    walls, cpus = [[] for _ in fns], [[] for _ in fns]
     for _ in range(repetitions):
-        _sync(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        _sync(device)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    q25, _, q75 = statistics.quantiles(walls, n=4) if len(walls) > 1 else (walls[0],) * 3
-    return {"seconds_per_step": statistics.median(walls), "seconds_q25": q25, "seconds_q75": q75,
-            "cpu_seconds_per_step": statistics.median(cpus), "repetitions": repetitions}
+        for i, fn in enumerate(fns):
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            _sync(device)
+            walls[i].append(time.perf_counter() - wall)
+            cpus[i].append(time.process_time() - cpu)
+    rows = []
+    for wall_s, cpu_s in zip(walls, cpus):
+        q25, _, q75 = (statistics.quantiles(wall_s, n=4) if len(wall_s) > 1
+                       else (wall_s[0],) * 3)
+        rows.append({"seconds_per_step": statistics.median(wall_s), "seconds_q25": q25,
+                     "seconds_q75": q75, "cpu_seconds_per_step": statistics.median(cpu_s),
+                     "repetitions": repetitions})
+    return rows
+
+
+def _pairs(methods) -> list[list[tuple[str, object]]]:
+    """Methods in timing groups: the mean and the projection of one mode, perturbation and k
+    together (timed interleaved, for their ratio), every other method alone."""
+    groups: dict[str, list] = {}
+    for label, method in methods:
+        key = label.replace("-mean-", "-*-").replace("-frog-", "-*-")
+        groups.setdefault(key if "-*-" in key else label, []).append((label, method))
+    return list(groups.values())
 
 
 def loop_baseline(model, inputs, targets, k: int, generator) -> None:
@@ -258,6 +285,8 @@ def _step_fn(method, model, inputs, targets, generator):
     if kind == "loop":
         return lambda: loop_baseline(model, inputs, targets, k, generator)
     n = sum(p.numel() for p in model.parameters())
+    if k > 1:  # as the weight-perturbation step draws them: into a reused buffer
+        return lambda: tangent_samplers.reused_normal(k, n, generator, device=inputs.device)
     return lambda: tangent_samplers.sample("normal", (), k, n, generator, device=inputs.device)
 
 
@@ -288,14 +317,16 @@ def bench_model(model_name: str, batch: int, quick: bool, methods=None, *,
     model_label = f"fc-{width or 1024}" if model_name == "fc" else model_name
     rows = []
     _malloc_threshold(32 * 2**20)
-    for label, method in methods or _methods(model_name, quick):
-        fn = _step_fn(method, model, inputs, targets, generator)
-        timing = time_steps(fn, device, warmup, repetitions)
-        model.zero_grad(set_to_none=True)
-        memory = peak_memory(fn, device)
-        rows.append({"model": model_label, "batch": batch,
-                     "method": label, **_describe(method), **timing, **memory,
-                     "device": device.type})
+    for group in _pairs(methods or _methods(model_name, quick)):
+        fns = [_step_fn(method, model, inputs, targets, generator) for _, method in group]
+        timings = time_interleaved(fns, device, warmup, repetitions)
+        for (label, method), fn, timing in zip(group, fns, timings):
+            model.zero_grad(set_to_none=True)
+            tangent_samplers.release_reused()  # the step's tangents count as its own memory
+            memory = peak_memory(fn, device)
+            rows.append({"model": model_label, "batch": batch,
+                         "method": label, **_describe(method), **timing, **memory,
+                         "device": device.type})
     bp = rows[0]
     for row in rows:
         row["time_ratio_to_bp"] = row["seconds_per_step"] / bp["seconds_per_step"]

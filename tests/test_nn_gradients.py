@@ -305,3 +305,23 @@ def test_single_weight_tangent_gives_d_times_v(mode, gradient):
     v_n = tangents.sample("normal", (), 1, g_n.numel(), torch.Generator().manual_seed(3))[0]
     got = flat(step(model, x, y, seed=3, gradient=gradient, k=1, mode=mode))
     torch.testing.assert_close(got, (g_n @ v_n) * v_n, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["forward", "simulated"])
+@pytest.mark.parametrize("gradient", ["fg-mean", "frog"])
+def test_weight_tangents_drawn_into_a_reused_buffer(mode, gradient):
+    """k > 1 draws into a buffer reused across steps: each step's estimate is the one from a
+    fresh draw of its generator, and a later step leaves the earlier step's .grad intact."""
+    from fgexp import tangents
+    from fgexp.aggregate import aggregate
+    model, x, y = tiny("fc")
+    g_n = flat(true_grads(model, x, y))
+    fresh_kxn = tangents.sample("normal", (), 4, g_n.numel(), torch.Generator().manual_seed(7))
+    want = aggregate(fresh_kxn, fresh_kxn @ g_n, "mean" if gradient == "fg-mean" else "projection")
+    set_gradients(model, x, y, GradientSpec(gradient, k=4, mode=mode),
+                  torch.Generator().manual_seed(7))
+    kept = [p.grad for p in model.parameters()]
+    snapshot = flat([t.clone() for t in kept])
+    torch.testing.assert_close(snapshot, want, rtol=1e-4, atol=1e-6)
+    step(model, x, y, seed=8, gradient=gradient, k=4, mode=mode)
+    assert torch.equal(flat(kept), snapshot)

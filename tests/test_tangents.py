@@ -87,3 +87,14 @@ def test_drawing_into_a_buffer_keeps_each_seeds_stream():
     assert torch.equal(drawn, fresh)
     with pytest.raises(ValueError, match="shape"):
         tangents.normal((), 4, 1000, torch.Generator(), out=buffer)
+
+
+def test_reused_normal_draws_each_seeds_stream_into_one_buffer():
+    gens = lambda: tangents.generators([3, 4])  # noqa: E731
+    fresh = tangents.sample("normal", (2,), 4, 1003, gens())
+    first = tangents.reused_normal(4, 1003, gens())
+    assert torch.equal(first, fresh)
+    again = tangents.reused_normal(4, 1003, gens())
+    assert again.data_ptr() == first.data_ptr() and torch.equal(again, fresh)
+    one = tangents.reused_normal(4, 1003, torch.Generator().manual_seed(4))  # new shape
+    assert tuple(one.shape) == (4, 1003) and torch.equal(one, fresh[1])

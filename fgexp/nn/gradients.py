@@ -66,9 +66,15 @@ def _backprop(model, inputs, targets, params, loss_fn):
 
 def _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn):
     first = next(iter(params.values()))
-    tangents_kxn = tangent_samplers.sample(
-        spec.sampler, (), spec.k, flat_size(params), generator, angle_deg=spec.angle_deg,
-        dtype=first.dtype, device=first.device)
+    n = flat_size(params)
+    if spec.sampler == "normal" and spec.k > 1:
+        # a buffer reused across steps: the estimate below is new memory for k > 1
+        tangents_kxn = tangent_samplers.reused_normal(spec.k, n, generator, dtype=first.dtype,
+                                                      device=first.device)
+    else:
+        tangents_kxn = tangent_samplers.sample(
+            spec.sampler, (), spec.k, n, generator, angle_deg=spec.angle_deg,
+            dtype=first.dtype, device=first.device)
     if spec.mode == "forward":
         with torch.no_grad(), frozen_batch_stats(model):
             loss, jvps_k = jvps_params_forward(

@@ -184,7 +184,11 @@ def _weight_estimate(spec, sub: StackedFC, inputs, masks, delta, exact_out, gens
     """Weight perturbation: k global tangents over all parameters of each run (Rg, ...)."""
     like = sub.params()
     n = sum(p[0].numel() for p in like.values())
-    tangents = draw(spec, n, gens, delta)  # (Rg, k, P), the single run's parameter order
+    if spec.sampler == "normal":  # (Rg, k, P), the single run's parameter order, reused buffer
+        tangents = tangent_samplers.reused_normal(spec.k, n, list(gens), dtype=delta.dtype,
+                                                  device=delta.device)
+    else:
+        tangents = draw(spec, n, gens, delta)
     if spec.mode == "forward":
         views = _split(tangents, like)
         jvps = weight_jvps_forward(sub.weights, inputs, masks, delta,
