@@ -24,7 +24,8 @@ def parser(description: str, presets: dict, name: str):
     p.add_argument("--models", type=_common.str_list, help=f"comma list: {', '.join(MODELS)}")
     p.add_argument("--datasets", type=_common.str_list,
                    help="comma list: mnist, cifar10 (torchvision), mnist5k (offline), synthetic")
-    p.add_argument("--widths", type=_common.int_list, help="FC hidden widths, e.g. 256,1024")
+    p.add_argument("--widths", type=_common.int_list, help="FC hidden widths, e.g. 256,1024; the ViT's hidden size "
+                   "(ResNet18 has none)")
     p.add_argument("--gradients", type=_common.str_list,
                    help=f"comma list of {', '.join(GRADIENTS)}, each optionally ':k' "
                         "(e.g. bp,fg-mean:1,frog:4); labels without ':k' take --k, or k = 1")
@@ -95,11 +96,13 @@ def batch_lines(args, cfg) -> list[str]:
     gradients (all seeds each), at most N runs a line (at least one gradient), for one SLURM
     task per device."""
     import shlex
+
+    from fgexp.nn import runs as nets
     per_line = max(1, args.runs_per_batch // len(cfg.seeds))
     lines = []
     for m in cfg.models:
         for d in cfg.datasets:
-            for w in cfg.widths:
+            for w in nets.widths_of(cfg, m):
                 for i in range(0, len(cfg.gradients), per_line):
                     point = ["--preset", args.preset, "--models", m, "--datasets", d,
                              *(["--widths", str(w)] if w else []),

@@ -53,7 +53,7 @@ SLOW = [
     ("fc_mnist", ["--lr", "inf"], "finite number > 0"),
     ("fc_mnist", ["--epochs", "0"], "max_epochs must be >= 1"),
     ("fc_mnist", ["--preset", "cpu", "--lr-table", "/no/such/table.csv"],
-     "make lr-search TASK=fc_mnist:cpu"),
+     "make lrs-fc-cpu ARGS='--select model=fc --select width=256 --select gradient=bp'"),
     ("fc_mnist", ["--preset", "paper", "--data-root", "/no/such/dir"], "does not exist"),
     ("resnet_vit", ["--widths", "2^8..2^4"], "descending range"),
     ("resnet_vit", ["--lr", "1e400"], "finite number > 0"),

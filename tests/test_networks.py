@@ -2,6 +2,7 @@
 the LR-search tasks, and the Figure 6 / network-table builders."""
 import csv
 import dataclasses
+import re
 
 import pytest
 
@@ -81,16 +82,23 @@ def test_a_huge_finite_rate_is_not_refused():
 
 
 def test_missing_rate_or_table_names_the_search():
+    # the cpu preset's table has a recipe: the line names its make target for that setting
     cpu = dataclasses.replace(nets.PRESETS["fc_mnist"]["cpu"], lr_table="/no/such/table.csv")
-    with pytest.raises(ValueError, match="make lr-search TASK=fc_mnist:cpu"):
-        nets.learning_rates(cpu, "fc_mnist:cpu", nets.runs(cpu)[:1])
+    frog = [r for r in nets.runs(cpu) if r.gradient == "frog" and r.k == 4 and r.width == 1024]
+    with pytest.raises(ValueError, match=re.escape(
+            "make lrs-fc-cpu ARGS='--select model=fc --select width=1024 --select gradient=frog "
+            "--select k=4'")):
+        nets.learning_rates(cpu, "fc_mnist:cpu", frog[:1])
+    paper = dataclasses.replace(nets.PRESETS["fc_mnist"]["paper"], lr_table="/no/such/table.csv")
+    with pytest.raises(ValueError, match="make lr-search TASK=fc_mnist:paper$"):
+        nets.learning_rates(paper, "fc_mnist:paper", nets.runs(paper)[:1])
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, net):
     done = net("fc_mnist.py", "--preset", "cpu", "--lr-table", "/no/such/table.csv",
                   "--out", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "make lr-search TASK=fc_mnist" in done.stderr
+    assert "make lrs-fc-cpu ARGS=" in done.stderr
     assert not (tmp_path / "out").exists()  # nothing written
 
 

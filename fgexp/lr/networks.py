@@ -105,8 +105,9 @@ def fc_mnist(preset: str = "smoke", **overrides) -> NetworkTask:
 
 
 def resnet_vit(preset: str = "smoke", **overrides) -> NetworkTask:
-    """ResNet18 and ViT (Section 4.5); a setting is (model, dataset, gradient, k, sampler)."""
-    return _task("resnet_vit", ("model", "dataset"), preset, overrides)
+    """ResNet18 and ViT (Section 4.5); a setting is (model, dataset, width, gradient, k,
+    sampler), width the ViT's hidden size (empty for ResNet18 and the ViT's default)."""
+    return _task("resnet_vit", ("model", "dataset", "width"), preset, overrides)
 
 
 fc_mnist.presets = tuple(nets.PRESETS["fc_mnist"])

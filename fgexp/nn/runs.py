@@ -33,7 +33,8 @@ SAMPLER = "normal"
 class NetConfig:
     models: tuple[str, ...] = ("fc",)            # names for fgexp.nn.models.build
     datasets: tuple[str, ...] = ("mnist",)       # names in fgexp.nn.data.DATASETS
-    widths: tuple[int | None, ...] = (None,)     # FC hidden width; None for ResNet18/ViT
+    widths: tuple[int | None, ...] = (None,)     # FC / ViT hidden size (None: the model's
+    #   default, 1024 / 256); ResNet18 ignores it
     gradients: tuple[str, ...] = PAPER_GRADIENTS  # "bp" or "label:k" tokens
     seeds: tuple[int, ...] = (0, 1, 2)           # drive init, batch order and tangents
     mode: str = "simulated"                      # paper simulates FG by backprop (Appendix B)
@@ -78,9 +79,18 @@ class Run:
                 "sampler": SAMPLER}
 
 
+# Models whose size `width` sets: the FC hidden width, the ViT hidden size (ResNet18: fixed).
+WIDTH_MODELS = ("fc", "vit")
+
+
+def widths_of(cfg: NetConfig, model: str) -> tuple[int | None, ...]:
+    """The widths a model runs at: cfg.widths for fc and vit, (None,) for resnet18."""
+    return tuple(cfg.widths) if model in WIDTH_MODELS else (None,)
+
+
 def runs(cfg: NetConfig) -> list[Run]:
     return [Run(m, d, w, *parse_gradient(g), s) for m in cfg.models for d in cfg.datasets
-            for w in cfg.widths for g in cfg.gradients for s in cfg.seeds]
+            for w in widths_of(cfg, m) for g in cfg.gradients for s in cfg.seeds]
 
 
 def spec_of(run: Run, cfg: NetConfig) -> GradientSpec:
@@ -130,16 +140,29 @@ def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, 
     if cfg.lr is not None:
         return {r: cfg.lr for r in todo}
     from fgexp.lr.table import lookup_lr
-    command = f"make lr-search TASK={task}"
     if cfg.lr_rule is None:
-        return {r: lookup_lr(cfg.lr_table, r.setting(), command) for r in todo}
+        return {r: lookup_lr(cfg.lr_table, r.setting(), search_command(task, r.setting()))
+                for r in todo}
     from fgexp.lr.rules import predict
     rates = {}
     for r in todo:  # every rate from bp's rate of the same model, data set and width
         bp = {**r.setting(), "gradient": "bp", "k": "", "sampler": SAMPLER}
         rates[r] = predict({**r.setting(), "perturbation": cfg.perturbation},
-                           lookup_lr(cfg.lr_table, bp, command), cfg.lr_rule)
+                           lookup_lr(cfg.lr_table, bp, search_command(task, bp)), cfg.lr_rule)
     return rates
+
+
+def search_command(task: str, setting: Mapping) -> str:
+    """The command that makes a setting's missing rate: the recipe of the committed table
+    where one covers `task` ("name:preset"), else the generic search of the task."""
+    from fgexp.lr.recipes import RECIPES
+    for recipe in RECIPES.values():
+        if any(stage.task == task for stage in recipe.stages):
+            select = " ".join(f"--select {key}={setting[key]}"
+                              for key in ("model", "width", "gradient", "k")
+                              if setting.get(key) not in (None, ""))
+            return f"make lrs-{recipe.name} ARGS='{select}'"
+    return f"make lr-search TASK={task}"
 
 
 def load_data(cfg: NetConfig, dataset: str) -> datasets.DataSet:
@@ -260,10 +283,11 @@ PRESETS = {
                            eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv",
                            activity_tangents="per-example"),
         # honest but reduced, sized for 2 CPU cores (one epoch of the whole 3500-digit split,
-        # evaluation included: ResNet18 about 50 s, ViT about 155 s on one core): one seed,
-        # at most 8 epochs, early stopping after 3 without validation improvement
-        "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), seeds=(0,),
-                         max_epochs=8, patience=3, search_epochs=1,
+        # evaluation included: ResNet18 about 50 s, the ViT at hidden size 128 about 40 s on
+        # one core; 155 s at the paper's 256): one seed, at most 8 epochs, early stopping after
+        # 3 without validation improvement
+        "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), widths=(128,),
+                         seeds=(0,), max_epochs=8, patience=3, search_epochs=1,
                          lr_table="results/lrs/resnet_vit.csv", activity_tangents="per-example"),
         # the paper: both models on MNIST and CIFAR-10, 200 epochs (LR search: at most 50)
         "paper": NetConfig(models=("resnet18", "vit"), datasets=("mnist", "cifar10"),
