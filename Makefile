@@ -45,6 +45,7 @@ smoke: $(STAMP) ## every experiment with its smoke preset, into $(SCRATCH)/smoke
 	$(PY) experiments/closed_form.py --preset smoke --cone --out $(SCRATCH)/smoke
 	$(PY) experiments/fc_mnist.py --preset smoke --out $(SCRATCH)/smoke
 	$(PY) experiments/resnet_vit.py --preset smoke --out $(SCRATCH)/smoke
+	$(PY) experiments/resnet_vit.py --preset smoke --models resnet18 --activity-tangents held-stats --out $(SCRATCH)/smoke/resnet_vit_held_stats
 	$(PY) experiments/local_guesses.py --preset smoke --out $(SCRATCH)/smoke
 	$(PY) experiments/local_mixer.py --preset smoke --out $(SCRATCH)/smoke
 	$(PY) experiments/plot.py all --results $(SCRATCH)/smoke --figures $(SCRATCH)/smoke/figures --allow-missing
@@ -82,7 +83,7 @@ $(RESULTS)/resnet_vit.csv: | $(STAMP)
 figure-6: $(RESULTS)/fc_mnist.csv ## Figure 6 (FC networks on MNIST)
 	$(PY) experiments/plot.py figure6 --results $(RESULTS) --figures $(FIGURES)
 
-table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table
+table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table (with $(RESULTS)/resnet_vit_held_stats/ where run)
 	$(PY) experiments/plot.py table-networks --results $(RESULTS) --figures $(FIGURES)
 
 # Guessed tangents from local losses (docs/local_guesses.md); the cpu preset takes ~30 min.

@@ -212,6 +212,38 @@ def test_table_names_each_models_estimator():
     assert list(old["estimator"]) == ["exact", "independent", "exact", "shared"]
 
 
+def test_table_gives_each_resnet18_scheme_a_column_and_the_vit_its_width(tmp_path):
+    """The held-stats store beside resnet_vit.csv adds ResNet18 columns; bp is in each."""
+    import json
+
+    import pandas as pd
+
+    from fgexp.plots.registry import BUILDERS
+
+    def store(directory, models, scheme, gradients, error):
+        directory.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([{"model": m, "dataset": "mnist5k", "width": w, "gradient": g, "k": k,
+                       "mode": "simulated", "perturbation": "activity", "seed": 0, "lr": 0.1,
+                       "epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
+                       "val_acc": 0.5, "test_loss": 1.0, "test_acc": 1 - error,
+                       "status": "completed"}
+                      for m, w in models for g, k in gradients]).to_csv(
+            directory / "resnet_vit.csv", index=False)
+        (directory / "resnet_vit.manifest.json").write_text(json.dumps(
+            {"name": "resnet_vit", "preset": "cpu", "config": {"activity_tangents": scheme}}))
+
+    store(tmp_path, [("resnet18", None), ("vit", 128)], "per-example",
+          [("bp", None), ("frog", 16)], 0.25)
+    store(tmp_path / "resnet_vit_held_stats", [("resnet18", None)], "held-stats",
+          [("frog", 16)], 0.5)
+    markdown = BUILDERS["table-networks"].build(tmp_path)["table_networks.md"]
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert table[0] == ("| gradient | k | resnet18 / mnist5k (per-example) "
+                        "| resnet18 / mnist5k (held-stats) | vit-128 / mnist5k |")
+    assert table[2] == "| bp |  | 25.00 (n=1) | 25.00 (n=1) | 25.00 (n=1) |"
+    assert table[3] == "| frog | 16 | 25.00 (n=1) | 50.00 (n=1) | 25.00 (n=1) |"
+
+
 def test_batchnorm_models_are_those_that_couple_examples():
     from fgexp.paper import BATCHNORM_MODELS, MODELS
     for name in MODELS:

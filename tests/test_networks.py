@@ -131,8 +131,10 @@ def test_figure6_and_table_builders(tmp_path, net, script):
         assert drawn.returncode == 0, drawn.stderr
     assert (fig / "figure6.png").stat().st_size > 10_000
     table = rows(fig / "table_networks.csv")
-    assert [(r["gradient"], r["k"]) for r in table] == [("bp", ""), ("fg-mean", "1"), ("frog", "2")]
-    assert all(r["n"] == "2" for r in table)  # two widths stand in for two runs here
+    assert [(r["gradient"], r["k"], r["width"]) for r in table] == [
+        ("bp", "", "16"), ("bp", "", "32"), ("fg-mean", "1", "16"), ("fg-mean", "1", "32"),
+        ("frog", "2", "16"), ("frog", "2", "32")]
+    assert all(r["n"] == "1" for r in table)
     assert "| bp |" in (fig / "table_networks.md").read_text()
 
 

@@ -144,13 +144,14 @@ def test_figure6_legend_names_each_gradient_with_n(network_frame):
 
 def test_table_networks_reports_mean_std_and_n(network_frame):
     table = plots.table_networks(network_frame)
-    assert [(g, k) for g, k in zip(table["gradient"], table["k"])] == \
-        [("bp", ""), ("fg-mean", "1"), ("frog", "2")]
-    assert list(table["n"]) == [4, 4, 4]  # two widths x two seeds per gradient
+    assert [(g, k, w) for g, k, w in zip(table["gradient"], table["k"], table["width"])] == \
+        [("bp", "", "16"), ("bp", "", "32"), ("fg-mean", "1", "16"), ("fg-mean", "1", "32"),
+         ("frog", "2", "16"), ("frog", "2", "32")]
+    assert list(table["n"]) == [2] * 6  # two seeds per gradient and width
     assert table["test_error_pct"].iloc[0] == pytest.approx(10.0)
     markdown = plots.table_networks_markdown(table)
-    assert markdown.splitlines()[0] == "| gradient | k | fc / mnist |"
-    assert "| bp |  | 10.00 ± 0.00 (n=4) |" in markdown
+    assert markdown.splitlines()[0] == "| gradient | k | fc-16 / mnist | fc-32 / mnist |"
+    assert "| bp |  | 10.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) |" in markdown
 
 
 def test_network_plots_do_not_read_wall_times(network_frame):

@@ -136,7 +136,7 @@ def estimator_of(model: str, gradient: str, perturbation: str,
     return (activity_tangents or "independent") if model in BATCHNORM_MODELS else "shared"
 
 
-TABLE_KEYS = ["model", "dataset", "estimator", "gradient", "k"]
+TABLE_KEYS = ["model", "width", "dataset", "estimator", "gradient", "k"]
 
 
 def table_networks(df: pd.DataFrame, activity_tangents: str | None = None) -> pd.DataFrame:
@@ -147,6 +147,7 @@ def table_networks(df: pd.DataFrame, activity_tangents: str | None = None) -> pd
     minima = run_minima(df)
     minima["estimator"] = [estimator_of(m, g, p, activity_tangents) for m, g, p in
                            zip(minima["model"], minima["gradient"], minima["perturbation"])]
+    minima["width"] = ["" if pd.isna(w) else str(int(w)) for w in minima["width"]]
     summary = summarize_minima(minima, TABLE_KEYS)
     epochs = minima.groupby(TABLE_KEYS)["epochs"].max().reset_index()
     out = summary.merge(epochs, on=TABLE_KEYS)
@@ -158,21 +159,36 @@ def table_networks(df: pd.DataFrame, activity_tangents: str | None = None) -> pd
 
 
 def table_networks_markdown(table: pd.DataFrame) -> str:
-    """Rows: gradient and k; columns: model / data set, with the activity tangent scheme of a
-    BatchNorm model (where schemes differ); cells 'mean ± std (n)' in percent."""
+    """Rows: gradient and k; columns: model (with its width, where set) / data set, and for a
+    BatchNorm model one column per activity tangent scheme (bp, exact, in each of them);
+    cells 'mean ± std (n)' in percent."""
+    def label(model, width, dataset):
+        sized = f"{model}-{width}" if width != "" else model
+        return f"{sized} / {dataset}"
+
     coupled = table[table["model"].isin(BATCHNORM_MODELS) & (table["estimator"] != "exact")]
-    estimators = (coupled.groupby(["model", "dataset"])["estimator"]
-                  .agg(lambda e: ", ".join(dict.fromkeys(e))))
-    table = table.assign(column=[f"{m} / {d}" + (f" ({estimators[(m, d)]})"
-                                                 if (m, d) in estimators else "")
-                                 for m, d in zip(table["model"], table["dataset"])],
-                         cell=[f"{m:.2f}" + (f" ± {s:.2f}" if pd.notna(s) else "") + f" (n={n})"
-                               for m, s, n in zip(table["test_error_pct"], table["std_pct"],
-                                                  table["n"])])
+    schemes: dict[str, list[str]] = {}
+    for m, w, d, e in zip(coupled["model"], coupled["width"], coupled["dataset"],
+                          coupled["estimator"]):
+        schemes.setdefault(label(m, w, d), [])
+        if e not in schemes[label(m, w, d)]:
+            schemes[label(m, w, d)].append(e)
+    cells, columns = {}, []
+    for m, w, d, e, g, k, mean, std, n in zip(
+            table["model"], table["width"], table["dataset"], table["estimator"],
+            table["gradient"], table["k"], table["test_error_pct"], table["std_pct"],
+            table["n"]):
+        base = label(m, w, d)
+        if m in BATCHNORM_MODELS and base in schemes:
+            targets = [f"{base} ({s})" for s in (schemes[base] if e == "exact" else [e])]
+        else:
+            targets = [base]
+        cell = f"{mean:.2f}" + (f" ± {std:.2f}" if pd.notna(std) else "") + f" (n={n})"
+        for column in targets:
+            columns.append(column)
+            cells[(g, k, column)] = cell
     rows = list(dict.fromkeys(zip(table["gradient"], table["k"])))
-    columns = list(dict.fromkeys(table["column"]))
-    cells = {(g, k, c): v for g, k, c, v in zip(table["gradient"], table["k"], table["column"],
-                                                 table["cell"])}
+    columns = list(dict.fromkeys(columns))
     wide = pd.DataFrame([{"gradient": g, "k": k, **{c: cells.get((g, k, c), "") for c in columns}}
                          for g, k in rows])
     return markdown_table(wide)
