@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 # The suites are this script's sibling modules: its own directory is on sys.path when it runs.
-SUITES = ("approximation", "descent", "nn_steps", "bn_estimators", "nn_batched", "draw")
+SUITES = ("approximation", "descent", "nn_steps", "bn_estimators", "nn_batched", "draw", "epoch_cost")
 
 
 def machine_columns() -> dict:

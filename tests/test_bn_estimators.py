@@ -249,3 +249,18 @@ def test_batchnorm_models_are_those_that_couple_examples():
     for name in MODELS:
         model, _, _ = tiny(name)
         assert activity.couples_examples(model) == (name in BATCHNORM_MODELS), name
+
+
+@pytest.mark.slow  # about a minute
+def test_quick_epoch_cost_rows(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import epoch_cost
+    rows = epoch_cost.run(quick=True)
+    cases = [(r["model"], r["scheme"], r["mode"], r["gradient"], r["k"]) for r in rows]
+    assert cases[0] == ("resnet18", "exact", "simulated", "bp", "")
+    assert ("resnet18", "per-example", "forward", "fg-mean", 1) in cases
+    assert ("resnet18", "per-example", "forward", "frog", 2) not in cases  # B passes per tangent
+    assert ("vit", "shared", "forward", "frog", 2) in cases
+    assert all(r["train_epoch_seconds"] == pytest.approx(55 * r["seconds_per_step"]) for r in rows)
+    assert all(r["eval_epoch_seconds"] > 0 and r["time_ratio_to_bp"] > 0 for r in rows)
+    assert {r["width"] for r in rows if r["model"] == "vit"} == {128}
