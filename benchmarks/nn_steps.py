@@ -278,15 +278,16 @@ def _quick_methods(model_name: str) -> list[tuple[str, object]]:
             ("draw-normal-k4", ("draw", 4))]
 
 
-def _step_fn(method, model, inputs, targets, generator):
+def _step_fn(method, model, inputs, targets, generator, draws):
+    """One step of `method`; `draws` is its reused tangent buffer, as a training run has one."""
     if isinstance(method, GradientSpec):
-        return lambda: set_gradients(model, inputs, targets, method, generator)
+        return lambda: set_gradients(model, inputs, targets, method, generator, draws=draws)
     kind, k = method
     if kind == "loop":
         return lambda: loop_baseline(model, inputs, targets, k, generator)
     n = sum(p.numel() for p in model.parameters())
     if k > 1:  # as the weight-perturbation step draws them: into a reused buffer
-        return lambda: tangent_samplers.reused_normal(k, n, generator, device=inputs.device)
+        return lambda: draws.draw(k, n, generator, device=inputs.device)
     return lambda: tangent_samplers.sample("normal", (), k, n, generator, device=inputs.device)
 
 
@@ -318,11 +319,13 @@ def bench_model(model_name: str, batch: int, quick: bool, methods=None, *,
     rows = []
     _malloc_threshold(32 * 2**20)
     for group in _pairs(methods or _methods(model_name, quick)):
-        fns = [_step_fn(method, model, inputs, targets, generator) for _, method in group]
+        draws = [tangent_samplers.NormalBuffer() for _ in group]
+        fns = [_step_fn(method, model, inputs, targets, generator, d)
+               for (_, method), d in zip(group, draws)]
         timings = time_interleaved(fns, device, warmup, repetitions)
-        for (label, method), fn, timing in zip(group, fns, timings):
+        for (label, method), fn, timing, d in zip(group, fns, timings, draws):
             model.zero_grad(set_to_none=True)
-            tangent_samplers.release_reused()  # the step's tangents count as its own memory
+            d.release()  # the step's tangents count as its own memory
             memory = peak_memory(fn, device)
             rows.append({"model": model_label, "batch": batch,
                          "method": label, **_describe(method), **timing, **memory,

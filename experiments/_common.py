@@ -138,4 +138,7 @@ def cli(main: Callable[[list[str] | None], int | None]):
             print("interrupted: finished cells are saved; rerun the same command to resume",
                   file=sys.stderr)
             return 130
+        except BrokenPipeError:  # output piped into a reader that stopped (e.g. `| head`)
+            sys.stderr.close()   # nothing more to say, and no traceback at exit
+            return 0
     return wrapped

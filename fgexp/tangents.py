@@ -119,39 +119,40 @@ def sample(sampler: str, lead: tuple[int, ...], k: int, n: int, generator: Gener
     return tangents
 
 
-_REUSED: dict[str, torch.Tensor] = {}
-
-
-def reused_normal(k: int, n: int, generator: Generators = None, dtype=torch.float32,
-                  device=None) -> torch.Tensor:
-    """Normal tangents drawn into one buffer that successive calls reuse: (k, n), or (R, k, n)
-    for a sequence of R generators (one draw per generator, as `normal` per run).
+class NormalBuffer:
+    """Normal tangents drawn into buffers that successive draws reuse, one per shape: (k, n),
+    or (R, k, n) for a sequence of R generators (one draw per generator, as `normal` per run).
 
     The numbers equal `normal`'s for the same generators; not mapping fresh pages saves up to
-    half of the draw for 16 x 1.86M float32 numbers on CPU (docs/benchmarks.md, draw.csv).
-    The result is valid until the next call of any shape: callers must not keep it, or a view
-    of it, past the step that drew it.
+    half of the draw for 16 x 1.86M float32 numbers on CPU (docs/benchmarks.md, draw.csv). A
+    draw is valid until the next draw of its shape: the caller must not keep it, or a view of
+    it, past the step that drew it. Its owner (a training run, a benchmark case) frees the
+    buffers by dropping it, or with `release`.
     """
-    _check(k, n)
-    several = not (generator is None or isinstance(generator, torch.Generator))
-    shape = (len(generator), k, n) if several else (k, n)
-    device = torch.device(device or "cpu")
-    buffer = _REUSED.get("normal")
-    if (buffer is None or tuple(buffer.shape) != shape or buffer.dtype != dtype
-            or buffer.device != device):
-        _REUSED.pop("normal", None)  # free the old buffer before allocating the new one
-        buffer = _REUSED["normal"] = torch.empty(shape, dtype=dtype, device=device)
-    if not several:
-        return normal((), k, n, generator, dtype=dtype, out=buffer)
-    for run, g in enumerate(generator):
-        normal((), k, n, g, dtype=dtype, out=buffer[run])
-    return buffer
 
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
-def release_reused() -> None:
-    """Free reused_normal's buffer: the next call allocates it again (benchmarks measuring a
-    step's memory call this, so that the tangents count as the step's own)."""
-    _REUSED.clear()
+    def draw(self, k: int, n: int, generator: Generators = None, dtype=torch.float32,
+             device=None) -> torch.Tensor:
+        _check(k, n)
+        several = not (generator is None or isinstance(generator, torch.Generator))
+        runs = len(generator) if several else 0
+        device = torch.device(device or "cpu")
+        key = (several, k, n, dtype, device)
+        buffer = self._buffers.get(key)
+        if buffer is None or len(buffer) < runs:  # fewer runs later (runs that stopped): a view
+            lead = (runs,) if several else ()
+            buffer = self._buffers[key] = torch.empty(*lead, k, n, dtype=dtype, device=device)
+        if not several:
+            return normal((), k, n, generator, dtype=dtype, out=buffer)
+        for run, g in enumerate(generator):
+            normal((), k, n, g, dtype=dtype, out=buffer[run])
+        return buffer[:runs]
+
+    def release(self) -> None:
+        """Free the buffers: the next draw allocates its own again."""
+        self._buffers.clear()
 
 
 def generators(seeds: Sequence[int], device=None) -> list[torch.Generator]:

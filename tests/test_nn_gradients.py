@@ -318,10 +318,13 @@ def test_weight_tangents_drawn_into_a_reused_buffer(mode, gradient):
     g_n = flat(true_grads(model, x, y))
     fresh_kxn = tangents.sample("normal", (), 4, g_n.numel(), torch.Generator().manual_seed(7))
     want = aggregate(fresh_kxn, fresh_kxn @ g_n, "mean" if gradient == "fg-mean" else "projection")
-    set_gradients(model, x, y, GradientSpec(gradient, k=4, mode=mode),
-                  torch.Generator().manual_seed(7))
+    draws = tangents.NormalBuffer()
+    spec = GradientSpec(gradient, k=4, mode=mode)
+    set_gradients(model, x, y, spec, torch.Generator().manual_seed(7), draws=draws)
     kept = [p.grad for p in model.parameters()]
     snapshot = flat([t.clone() for t in kept])
     torch.testing.assert_close(snapshot, want, rtol=1e-4, atol=1e-6)
-    step(model, x, y, seed=8, gradient=gradient, k=4, mode=mode)
+    set_gradients(model, x, y, spec, torch.Generator().manual_seed(8), draws=draws)
     assert torch.equal(flat(kept), snapshot)
+    set_gradients(model, x, y, spec, torch.Generator().manual_seed(7))  # no buffer: fresh draw
+    assert torch.equal(flat(grads(model)), snapshot)

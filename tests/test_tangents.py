@@ -89,12 +89,17 @@ def test_drawing_into_a_buffer_keeps_each_seeds_stream():
         tangents.normal((), 4, 1000, torch.Generator(), out=buffer)
 
 
-def test_reused_normal_draws_each_seeds_stream_into_one_buffer():
+def test_normal_buffer_draws_each_seeds_stream_into_reused_memory():
     gens = lambda: tangents.generators([3, 4])  # noqa: E731
     fresh = tangents.sample("normal", (2,), 4, 1003, gens())
-    first = tangents.reused_normal(4, 1003, gens())
+    draws = tangents.NormalBuffer()
+    first = draws.draw(4, 1003, gens())
     assert torch.equal(first, fresh)
-    again = tangents.reused_normal(4, 1003, gens())
+    again = draws.draw(4, 1003, gens())
     assert again.data_ptr() == first.data_ptr() and torch.equal(again, fresh)
-    one = tangents.reused_normal(4, 1003, torch.Generator().manual_seed(4))  # new shape
+    fewer = draws.draw(4, 1003, tangents.generators([4]))  # a run stopped: a view, same memory
+    assert fewer.data_ptr() == first.data_ptr() and torch.equal(fewer[0], fresh[1])
+    one = draws.draw(4, 1003, torch.Generator().manual_seed(4))  # one run: its own buffer
     assert tuple(one.shape) == (4, 1003) and torch.equal(one, fresh[1])
+    draws.release()
+    assert torch.equal(draws.draw(4, 1003, gens()), fresh)  # allocated again, same numbers

@@ -27,13 +27,16 @@ from fgexp.nn.activity import (LossFn, activity_gradients, activity_scheme,  # n
 def set_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   spec: GradientSpec, generator: torch.Generator | None = None,
                   loss_fn: LossFn = F.cross_entropy, *,
-                  activity_tangents: str | None = None) -> torch.Tensor:
+                  activity_tangents: str | None = None,
+                  draws: tangent_samplers.NormalBuffer | None = None) -> torch.Tensor:
     """Set p.grad (replacing any old one) on every trainable parameter; return the batch loss.
 
     loss_fn is called as loss_fn(logits, targets, reduction="none"), like torch's functional
     losses; the batch loss is the mean over examples. activity_tangents names the tangent
     scheme of activity perturbation (fgexp.nn.activity.SCHEMES; default: the spec's
-    `activity_tangents` (an ActivitySpec's), else `activity_scheme(model)`).
+    `activity_tangents` (an ActivitySpec's), else `activity_scheme(model)`). draws: where
+    weight perturbation draws k > 1 normal tangents, reused across the steps of a run (the
+    same numbers as fresh draws, without mapping new memory each step).
     """
     if not isinstance(spec, GradientSpec):
         raise ValueError(f"spec must be a GradientSpec, got {type(spec).__name__}")
@@ -41,7 +44,8 @@ def set_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     if spec.is_exact:
         loss, grads = _backprop(model, inputs, targets, params, loss_fn)
     elif spec.perturbation == "weight":
-        loss, grads = _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn)
+        loss, grads = _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn,
+                                        draws)
     else:
         scheme = resolve_scheme(model, activity_tangents
                                 or getattr(spec, "activity_tangents", None))
@@ -64,13 +68,12 @@ def _backprop(model, inputs, targets, params, loss_fn):
     return loss, dict(zip(params, grads))
 
 
-def _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn):
+def _weight_gradients(model, inputs, targets, params, spec, generator, loss_fn, draws):
     first = next(iter(params.values()))
     n = flat_size(params)
-    if spec.sampler == "normal" and spec.k > 1:
+    if draws is not None and spec.sampler == "normal" and spec.k > 1:
         # a buffer reused across steps: the estimate below is new memory for k > 1
-        tangents_kxn = tangent_samplers.reused_normal(spec.k, n, generator, dtype=first.dtype,
-                                                      device=first.device)
+        tangents_kxn = draws.draw(spec.k, n, generator, dtype=first.dtype, device=first.device)
     else:
         tangents_kxn = tangent_samplers.sample(
             spec.sampler, (), spec.k, n, generator, angle_deg=spec.angle_deg,

@@ -6,6 +6,7 @@ it directly); `train(...)` adds checkpoints, resume and a progress bar around it
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -111,13 +112,15 @@ def epochs(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int
     pass `state` and `gens` of a checkpoint to resume.
     """
     from fgexp.nn.gradients import set_gradients
+    from fgexp.tangents import NormalBuffer
+    step = functools.partial(set_gradients, draws=NormalBuffer())  # the run's tangent buffer
     state = state or TrainState()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.0, weight_decay=0.0)
     batch_gen, tangent_gen = gens or seeded_generators(seed, device)
     while state.status is None:
         start = time.perf_counter()
         diverged = train_epoch(model, data.train, spec, optimizer, cfg, batch_gen, tangent_gen,
-                               device, set_gradients, bar)
+                               device, step, bar)
         row = {"epoch": state.epoch + 1}
         for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
             row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(model, split,

@@ -119,9 +119,11 @@ def from_outputs(spec: GradientSpec) -> bool:
 
 
 def step_gradients(stacked: StackedFC, a_rxbxd: torch.Tensor, y_rxb: torch.Tensor,
-                   specs: Sequence[GradientSpec], tangent_gens: Sequence[torch.Generator]
+                   specs: Sequence[GradientSpec], tangent_gens: Sequence[torch.Generator],
+                   draws: tangent_samplers.NormalBuffer | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Batch losses (R,) and every parameter's gradient (R, ...) as each run's spec asks."""
+    """Batch losses (R,) and every parameter's gradient (R, ...) as each run's spec asks;
+    `draws`: where weight perturbation draws its normal tangents, reused across steps."""
     inputs, masks, logits = forward(stacked, a_rxbxd)
     losses_rxb = cross_entropy_runs(logits, y_rxb)
     batch = losses_rxb.shape[1]
@@ -145,7 +147,7 @@ def step_gradients(stacked: StackedFC, a_rxbxd: torch.Tensor, y_rxb: torch.Tenso
         exact_out = None if exact is None else [g[idx] / batch for g in exact]
         sub = stacked.select(pos)
         est = _weight_estimate(spec, sub, [a[idx] for a in inputs], [m[idx] for m in masks],
-                               delta[idx], exact_out, gens)
+                               delta[idx], exact_out, gens, draws)
         weight_runs.update({i: {name: g[r] for name, g in zip(sub.params(), est)}
                             for r, i in enumerate(pos)})
     if not weight_runs:  # block-local VJPs of every run at once
@@ -180,13 +182,12 @@ def _activity_estimate(spec, stacked, idx, gens, masks, delta, exact, sizes, bat
     return list(estimate.split(sizes, dim=-1))
 
 
-def _weight_estimate(spec, sub: StackedFC, inputs, masks, delta, exact_out, gens):
+def _weight_estimate(spec, sub: StackedFC, inputs, masks, delta, exact_out, gens, draws):
     """Weight perturbation: k global tangents over all parameters of each run (Rg, ...)."""
     like = sub.params()
     n = sum(p[0].numel() for p in like.values())
-    if spec.sampler == "normal":  # (Rg, k, P), the single run's parameter order, reused buffer
-        tangents = tangent_samplers.reused_normal(spec.k, n, list(gens), dtype=delta.dtype,
-                                                  device=delta.device)
+    if draws is not None and spec.sampler == "normal":  # (Rg, k, P), into a reused buffer
+        tangents = draws.draw(spec.k, n, list(gens), dtype=delta.dtype, device=delta.device)
     else:
         tangents = draw(spec, n, gens, delta)
     if spec.mode == "forward":

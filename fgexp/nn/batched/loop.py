@@ -21,6 +21,7 @@ from fgexp.nn.batched.stacked import StackedFC, evaluate, stack, write_back
 from fgexp.nn.data import DataSet
 from fgexp.nn.train import (Checkpoint, TrainConfig, TrainState, is_bad, load_checkpoint,
                             next_state, save_checkpoint, seeded_generators)
+from fgexp.tangents import NormalBuffer
 
 SPLITS = ("train", "val", "test")
 
@@ -64,8 +65,10 @@ def _sgd(stacked: StackedFC, grads: dict, lrs_r: torch.Tensor, frozen_r: torch.T
         p.sub_(step)
 
 
-def train_epoch(stacked: StackedFC, x_nxd, y_n, specs, lrs_r, cfgs, gens, bar=None) -> list[bool]:
-    """One pass of every run over the training split in its own order; diverged flags (R,)."""
+def train_epoch(stacked: StackedFC, x_nxd, y_n, specs, lrs_r, cfgs, gens, bar=None,
+                draws: NormalBuffer | None = None) -> list[bool]:
+    """One pass of every run over the training split in its own order; diverged flags (R,).
+    `draws`: the batch's reused weight-tangent buffers."""
     n, bs = len(y_n), cfgs[0].batch_size
     order_rxn = torch.stack([torch.randperm(n, generator=g[0]) for g in gens]).to(x_nxd.device)
     frozen = [False] * len(specs)
@@ -73,7 +76,8 @@ def train_epoch(stacked: StackedFC, x_nxd, y_n, specs, lrs_r, cfgs, gens, bar=No
     tangent_gens = [g[1] for g in gens]
     for start in range(0, n, bs):
         idx = order_rxn[:, start:start + bs]
-        losses_r, grads = step_gradients(stacked, x_nxd[idx], y_n[idx], specs, tangent_gens)
+        losses_r, grads = step_gradients(stacked, x_nxd[idx], y_n[idx], specs, tangent_gens,
+                                         draws)
         for r, loss in enumerate(losses_r.tolist()):
             if not frozen[r] and is_bad(loss, cfgs[r].diverge_loss):
                 frozen[r] = True
@@ -113,13 +117,15 @@ def train_runs(models: Sequence[nn.Module], data: DataSet, specs: Sequence[Gradi
              for name in SPLITS}
     stacked = stack([models[i] for i in live]) if live else None
     total = sum(cfgs[i].max_epochs - states[i].epoch for i in live) * len(y_n)
+    draws = NormalBuffer()  # weight tangents, reused across the batch's steps
     with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         while live:
             start = time.perf_counter()
             lrs_r = torch.tensor([cfgs[i].lr for i in live], dtype=stacked.weights[0].dtype,
                                  device=x_nxd.device)
             diverged = train_epoch(stacked, x_nxd, y_n, [specs[i] for i in live], lrs_r,
-                                   [cfgs[i] for i in live], [gens[i] for i in live], bar)
+                                   [cfgs[i] for i in live], [gens[i] for i in live], bar,
+                                   draws)
             scores = {name: evaluate(stacked, x, y, cfgs[live[0]].eval_batch_size)
                       for name, (x, y) in evals.items()}
             seconds = (time.perf_counter() - start) / len(live)  # per run: the batch's share
