@@ -251,16 +251,20 @@ def test_batchnorm_models_are_those_that_couple_examples():
         assert activity.couples_examples(model) == (name in BATCHNORM_MODELS), name
 
 
-@pytest.mark.slow  # about a minute
+@pytest.mark.slow  # about 40 s
 def test_quick_epoch_cost_rows(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import epoch_cost
     rows = epoch_cost.run(quick=True)
     cases = [(r["model"], r["scheme"], r["mode"], r["gradient"], r["k"]) for r in rows]
     assert cases[0] == ("resnet18", "exact", "simulated", "bp", "")
-    assert ("resnet18", "per-example", "forward", "fg-mean", 1) in cases
-    assert ("resnet18", "per-example", "forward", "frog", 2) not in cases  # B passes per tangent
+    assert ("resnet18", "per-example", "simulated", "frog", 2) in cases
+    assert ("resnet18", "held-stats", "forward", "frog", 2) in cases
+    assert not any(c[1:3] == ("per-example", "forward") for c in cases)  # B passes per tangent
     assert ("vit", "shared", "forward", "frog", 2) in cases
+    full = list(epoch_cost.cases("resnet18", quick=False))
+    assert ("per-example", "forward", "fg-mean", 1) in full
+    assert ("per-example", "forward", "frog", 2) not in full
     assert all(r["train_epoch_seconds"] == pytest.approx(55 * r["seconds_per_step"]) for r in rows)
     assert all(r["eval_epoch_seconds"] > 0 and r["time_ratio_to_bp"] > 0 for r in rows)
     assert {r["width"] for r in rows if r["model"] == "vit"} == {128}
