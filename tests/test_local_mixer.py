@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import run_script
 from fgexp.nn import local_losses as ll
+from fgexp.nn import local_units
 from fgexp.nn.mixer import (PAPER_PARAMS, SIZES, LocalMixer, MixerSize, count_params,
                             local_mixer, normed_groups)
 
@@ -69,7 +70,7 @@ def test_each_local_loss_gradient_is_its_slice_of_the_block_loss(tiny, scope):
     plain_b = F.cross_entropy(ll.local_logits(features, head, groups), y, reduction="none")
     assert torch.allclose(losses_bxj, plain_b[:, None].expand_as(losses_bxj))
     (full,) = torch.autograd.grad(plain_b.sum(), features)
-    slices = ll._slices(ll.LocalSpec("lg-fg-a", scope=scope), 4, groups)
+    slices = local_units._slices(ll.LocalSpec("lg-fg-a", scope=scope), 4, groups)
     for j, (token, group) in enumerate(slices):
         (grad,) = torch.autograd.grad(losses_bxj[:, j].sum(), features, retain_graph=True)
         mask = torch.zeros(4, 8, dtype=torch.bool)
