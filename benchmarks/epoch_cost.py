@@ -33,6 +33,7 @@ from nn_steps import time_steps
 BATCH = 64
 TRAIN_IMAGES, EVAL_IMAGES = 3500, 5000  # mnist5k: training split; all three splits
 VIT_WIDTH = nets.PRESETS["resnet_vit"]["cpu"].widths[0]
+VIT_PATCH = nets.PRESETS["resnet_vit"]["cpu"].vit_patch
 SCHEMES = {"resnet18": ("per-example", "held-stats", "independent"), "vit": ("shared",)}
 CPU = torch.device("cpu")
 
@@ -42,7 +43,7 @@ def setup(model_name: str):
     data = nets.load_data(nets.NetConfig(datasets=("mnist5k",)), "mnist5k")
     width = VIT_WIDTH if model_name == "vit" else None
     run = nets.Run(model_name, "mnist5k", width, "bp", None, 0)
-    model = nets.build_model(run, data, seed=0).train()
+    model = nets.build_model(run, data, seed=0, vit_patch=VIT_PATCH).train()
     return model, data, data.train.x[:BATCH], data.train.y[:BATCH]
 
 

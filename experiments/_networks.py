@@ -11,7 +11,8 @@ from pathlib import Path
 import _common
 
 # Flags that set the NetConfig field of their name (--epochs sets max_epochs, its dest).
-FIELDS = ("models", "datasets", "widths", "seeds", "mode", "perturbation", "max_epochs",
+FIELDS = ("models", "datasets", "widths", "vit_patch", "seeds", "mode", "perturbation",
+          "max_epochs",
           "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "lr_rule",
           "data_root", "activity_tangents")
 
@@ -26,6 +27,8 @@ def parser(description: str, presets: dict, name: str):
                    help="comma list: mnist, cifar10 (torchvision), mnist5k (offline), synthetic")
     p.add_argument("--widths", type=_common.int_list, help="FC hidden widths, e.g. 256,1024; the ViT's hidden size "
                    "(ResNet18 has none)")
+    p.add_argument("--vit-patch", type=int, help="the ViT's patch size in pixels (default: the "
+                   "preset's; the paper's is 4); must divide the image size")
     p.add_argument("--gradients", type=_common.str_list,
                    help=f"comma list of {', '.join(GRADIENTS)}, each optionally ':k' "
                         "(e.g. bp,fg-mean:1,frog:4); labels without ':k' take --k, or k = 1")
@@ -83,6 +86,7 @@ def kept_options(args) -> list[str]:
     keep = []
     for flag, value in (("--out", args.out), ("--data-root", args.data_root),
                         ("--lr-table", args.lr_table), ("--lr-rule", args.lr_rule),
+                        ("--vit-patch", args.vit_patch),
                         ("--epochs", args.max_epochs),
                         ("--mode", args.mode), ("--perturbation", args.perturbation),
                         ("--activity-tangents", args.activity_tangents)):

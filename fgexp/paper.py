@@ -34,6 +34,8 @@ MODELS = ("fc", "resnet18", "vit")
 # Those with BatchNorm, whose examples are coupled in train mode (their activity tangent
 # scheme matters: docs/network_gradients.md).
 BATCHNORM_MODELS = ("resnet18",)
+# The paper's ViT patch size in pixels (Section 4.5); the cpu preset's ViT uses larger ones.
+VIT_PATCH = 4
 
 
 def parse_gradient(token: str) -> tuple[str, int | None]:

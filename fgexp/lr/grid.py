@@ -116,15 +116,19 @@ def run_grid(task: Task, settings: Sequence[Mapping], config: GridConfig, lr_dir
              ) -> tuple[list[dict], list[str]]:
     """Search every setting on the grid, merging each row into the table as soon as it is done.
 
+    The log line records every rate tried and its seed-mean loss (`losses`, inf: diverged).
+
     Returns the rows and one message per setting whose rates all diverged (no row for it).
     """
     from tqdm import tqdm
     config.validate()
     check_outputs(lr_dir, task.name, task.setting_columns)
     path = table_path(lr_dir, task.name)
-    rows, failed, diverged = [], [], {}
+    rows, failed, diverged, evaluated = [], [], {}, {}
     for setting in tqdm(settings, desc=f"grid {task.name}", unit="setting", disable=not progress):
         lrs, losses = grid_evaluate(task, setting, config)
+        evaluated[setting_id(setting, task.setting_columns)] = [[lr, loss] for lr, loss
+                                                                in zip(lrs, losses)]
         bad = [lr for lr, loss in zip(lrs, losses) if not math.isfinite(loss)]
         if bad:
             diverged[setting_id(setting, task.setting_columns)] = bad
@@ -138,6 +142,6 @@ def run_grid(task: Task, settings: Sequence[Mapping], config: GridConfig, lr_dir
         rows.append(row)
     log_search(lr_dir, task.name, {"backend": "grid", "config": dataclasses.asdict(config),
                                    **(log_extra or {}), "rows": rows,
-                                   "diverged_lrs": diverged})
+                                   "diverged_lrs": diverged, "losses": evaluated})
     return rows, failed
 

@@ -58,10 +58,11 @@ class NetworkTask:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the rank's GPU
         run = self.run_of(setting, seed)
         data = self.data(run.dataset)
-        model = nets.build_model(run, data, seed, device)
+        model = nets.build_model(run, data, seed, device, self.config.vit_patch)
         cfg = nets.train_config(self.config, run, lr, self.horizon(setting))
+        # only the validation loss decides: the other splits are not evaluated
         for _, state, _ in epochs(model, data, nets.spec_of(run, self.config), cfg, seed,
-                                  device=device):
+                                  device=device, splits=("val",)):
             diverged = state.status == "diverged" or not math.isfinite(state.best_val)
             yield math.inf if diverged else state.best_val
 
@@ -77,7 +78,8 @@ class NetworkTask:
         rates = [lr for lr in lrs for _ in seeds]
         data = self.data(runs[0].dataset)
         states = train_runs(
-            [nets.build_model(r, data, r.seed, device) for r in runs], data,
+            [nets.build_model(r, data, r.seed, device, self.config.vit_patch) for r in runs],
+            data,
             [nets.spec_of(r, self.config) for r in runs],
             [nets.train_config(self.config, r, lr, self.horizon(setting))
              for r, lr in zip(runs, rates)], [r.seed for r in runs], device=device)

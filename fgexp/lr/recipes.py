@@ -31,6 +31,8 @@ class Stage:
     options: tuple[tuple[str, str], ...] = ()  # --set overrides of the task preset
     grid: GridConfig | None = None             # backend "grid" ...
     full_horizon: FullHorizonConfig | None = None  # ... or "grid-full" around the table's rate
+    anchor: str | None = None                  # an LR rule (fgexp.lr.rules): the grid's lo/hi
+    #   are decades around the rate it predicts from the table's bp rate of the same setting
 
     @property
     def backend(self) -> str:
@@ -104,22 +106,18 @@ FC_CPU = Recipe("fc-cpu", "fc_mnist", tuple(
     sorted(_FC_20_EPOCH_RATES.items(), key=lambda item: item[0][0])))  # width 256 first
 
 # ResNet18/ViT (cpu preset: ResNet18 with the paper's per-example activity tangents, the ViT at
-# hidden size 128), reduced to fit: the first 1000 training images (250 validation and test),
-# seed 0, 1% tolerance. Forward gradients over one epoch at one rate per decade, bounds from the
-# estimators' scale (the mean's step scales like k/N of bp's, the projection's like bp's; N: one
-# example's activations). bp over one epoch for ResNet18; the ViT's bp over three epochs at two
-# rates per decade, 1e-2..10^-0.5 (after one epoch its loss had barely moved at any rate).
-_NET_OPTIONS = (("train_limit", "1000"), ("eval_limit", "250"))
-_NET_GRID = GridConfig(lo=-3.0, hi=0.0, points_per_decade=1, seeds=(0,), tolerance=0.01)
-_NET_BOUNDS = (("bp", -3.0, 0.0), ("fg-mean", -6.0, -2.0), ("frog", -3.0, 0.0))
+# hidden size 128) on the preset's whole training split over `search_epochs` epochs, seed 0, 1%
+# tolerance; only the validation loss is evaluated. bp first, 2 rates per decade over
+# 1e-2..1; then every forward gradient on 2 rates per decade from half a decade below to one and
+# a half above the isotropic rule's rate from that bp rate (docs/lr_rules.md: the mean's rate
+# is about k/N of bp's, the projection's bp's; searched rates of the FC nets lie 4-5x above it).
+_NET_GRID = GridConfig(lo=-2.0, hi=0.0, points_per_decade=2, seeds=(0,), tolerance=0.01)
 RESNET_VIT_CPU = Recipe("resnet-vit-cpu", "resnet_vit", (
-    *(Stage("resnet_vit:cpu", ("model=resnet18", f"gradient={label}"), _NET_OPTIONS,
-            grid=dataclasses.replace(_NET_GRID, lo=lo, hi=hi)) for label, lo, hi in _NET_BOUNDS),
-    Stage("resnet_vit:cpu", ("model=vit", "gradient=bp"), (*_NET_OPTIONS, ("search_epochs", "3")),
-          grid=dataclasses.replace(_NET_GRID, lo=-2.0, hi=-0.5, points_per_decade=2)),
-    *(Stage("resnet_vit:cpu", ("model=vit", f"gradient={label}"), _NET_OPTIONS,
-            grid=dataclasses.replace(_NET_GRID, lo=lo, hi=hi))
-      for label, lo, hi in _NET_BOUNDS if label != "bp"),
+    Stage("resnet_vit:cpu", ("gradient=bp",), grid=_NET_GRID),
+    Stage("resnet_vit:cpu", ("gradient=fg-mean",), anchor="isotropic",
+          grid=dataclasses.replace(_NET_GRID, lo=-0.5, hi=1.5)),
+    Stage("resnet_vit:cpu", ("gradient=frog",), anchor="isotropic",
+          grid=dataclasses.replace(_NET_GRID, lo=-0.5, hi=1.5)),
 ))
 
 RECIPES = {r.name: r for r in (CLOSED_FORM, FC_CPU, RESNET_VIT_CPU)}
@@ -154,6 +152,64 @@ def planned(recipe: Recipe, select: Sequence[str] = ()) -> list[tuple[Stage, obj
     return plan
 
 
+def anchor_rate(task, setting: Mapping, rule: str, lr_dir: Path | str, recipe: Recipe) -> float:
+    """The centre of an anchored stage's grid: `rule`'s rate from bp's rate of the same model,
+    data set and width in the table (MissingLearningRate names the recipe's bp search)."""
+    from fgexp.lr.rules import predict
+    from fgexp.lr.table import lookup_lr, table_path
+    bp = {**setting, "gradient": "bp", "k": ""}
+    select = " ".join(f"--select {c}={bp[c]}" for c in task.setting_columns
+                      if bp.get(c) not in (None, ""))
+    lr_bp = lookup_lr(table_path(lr_dir, task.name), bp,
+                      f"make {recipe.make_target} ARGS='{select} --select gradient=bp'")
+    from fgexp.lr.rules import network_dimension
+    config = task.config  # a network task (its model's n depends on the config's ViT patch)
+    width = setting.get("width")
+    n = network_dimension(setting["model"], setting["dataset"],
+                          None if width in (None, "") else int(width), config.perturbation,
+                          config.vit_patch if setting["model"] == "vit" else None)
+    return predict(setting, lr_bp, rule, n=n)
+
+
+def _check_anchors(recipe: Recipe, plan, lr_dir: Path | str) -> None:
+    """Every anchored setting finds bp's rate: in the table already, or from an earlier stage
+    of this run (MissingLearningRate before any compute otherwise)."""
+    from fgexp.lr.rules import RULES
+    searched = set()
+    for stage, task, settings in plan:
+        if stage.anchor is not None and not hasattr(task, "config"):
+            raise ValueError(f"recipe {recipe.name}: an anchored stage needs a network task, "
+                             f"not {stage.task}")
+        if stage.anchor is not None:
+            if stage.anchor not in RULES:
+                raise ValueError(f"recipe {recipe.name}: unknown anchor rule {stage.anchor!r}; "
+                                 f"allowed: {', '.join(RULES)}")
+            for setting in settings:
+                if _group(setting, task) not in searched:
+                    anchor_rate(task, setting, stage.anchor, lr_dir, recipe)
+        searched |= {_group(s, task) for s in settings if s["gradient"] == "bp"}
+
+
+def _group(setting: Mapping, task) -> tuple[str, ...]:
+    """The setting columns' values (model, data set, width): what shares one bp rate."""
+    return setting_key(setting, task.setting_columns)[:len(task.setting_columns)]
+
+
+def _run_anchored(stage: Stage, task, settings, recipe: Recipe, lr_dir: Path | str,
+                  progress: bool, extra: Mapping) -> tuple[list[dict], list[str]]:
+    """An anchored grid, one setting at a time: bounds around each setting's rule rate."""
+    rows, failed = [], []
+    for setting in settings:
+        centre = anchor_rate(task, setting, stage.anchor, lr_dir, recipe)
+        grid = dataclasses.replace(stage.grid, lo=math.log10(centre) + stage.grid.lo,
+                                   hi=math.log10(centre) + stage.grid.hi)
+        done, bad = run_grid(task, [setting], grid, lr_dir, progress,
+                             {**extra, "anchor": stage.anchor, "anchor_lr": centre})
+        rows += done
+        failed += bad
+    return rows, failed
+
+
 def expected_rows(recipe: Recipe) -> dict[tuple, tuple[str, int]]:
     """Setting key -> (backend, evaluations) of the row the recipe leaves for it (no compute)."""
     out = {}
@@ -175,7 +231,12 @@ def _evaluations(stage: Stage) -> int:
 def describe(stage: Stage, task, settings: Sequence[Mapping]) -> str:
     """One line: backend, bounds, seeds, tolerance and horizon of a stage."""
     options = "".join(f" --set {k}={v}" for k, v in stage.options)
-    if stage.grid is not None:
+    if stage.grid is not None and stage.anchor is not None:
+        g = stage.grid
+        how = (f"grid {g.lo:+g}..{g.hi:+g} decades around the {stage.anchor} rule's rate from "
+               f"the table's bp rate, {g.points_per_decade} per decade"
+               + f", seeds {','.join(map(str, g.seeds))}, tolerance {g.tolerance:g}")
+    elif stage.grid is not None:
         g = stage.grid
         how = (f"grid log10 lr in [{g.lo:g}, {g.hi:g}], {g.points_per_decade} per decade"
                + (f", {g.refine} refinement(s) of {g.refine_points}" if g.refine else "")
@@ -214,7 +275,7 @@ def write_sidecar(recipe: Recipe, lr_dir: Path | str) -> Path:
     record = {"table": f"{recipe.table}.csv", "make_target": recipe.make_target,
               "command": f"python experiments/lr_search.py --recipe {recipe.name}",
               "stages": [{"task": s.task, "select": list(s.select), "options": dict(s.options),
-                          "backend": s.backend,
+                          "backend": s.backend, **({"anchor": s.anchor} if s.anchor else {}),
                           "config": dataclasses.asdict(s.grid or s.full_horizon)}
                          for s in recipe.stages]}
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
@@ -230,10 +291,13 @@ def run_recipe(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = (),
     """
     plan = planned(recipe, select)
     check_outputs(lr_dir, recipe.table, plan[0][1].setting_columns)
+    _check_anchors(recipe, plan, lr_dir)
     rows, failed = [], []
     for i, (stage, task, settings) in enumerate(plan, start=1):
         extra = {"recipe": recipe.name, "make_target": recipe.make_target, "stage": i}
-        if stage.grid is not None:
+        if stage.anchor is not None:
+            done, bad = _run_anchored(stage, task, settings, recipe, lr_dir, progress, extra)
+        elif stage.grid is not None:
             done, bad = run_grid(task, settings, stage.grid, lr_dir, progress, extra)
         else:
             done, bad = refine_full_horizon(

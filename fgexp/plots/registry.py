@@ -179,7 +179,8 @@ def table_networks(results_dir: Path) -> Outputs:
     """ResNet18/ViT table: minimum test error per model, data set and gradient (CSV + markdown)."""
     df, note = _network(results_dir, "resnet_vit")
     manifest = read_manifest(results_dir / "resnet_vit.manifest.json") or {}
-    table = networks.table_networks(df, manifest.get("config", {}).get("activity_tangents"))
+    config = manifest.get("config", {})
+    table = networks.table_networks(df, config.get("activity_tangents"), config.get("vit_patch"))
     source = provenance(results_dir / "resnet_vit.manifest.json")
     # ResNet18 with another activity tangent scheme, where run (docs/resnet_vit.md)
     extra = results_dir / HELD_STATS_DIR / "resnet_vit.csv"
