@@ -27,6 +27,7 @@ FAST = [
     ("fc_mnist", ["--preset", "cpu", "--lr-table", "results"], "--lr-table results: not a file"),
     ("fc_mnist", ["--seeds", "x"], "argument --seeds: expected integers"),
     ("resnet_vit", ["--device", "bogus"], "--device 'bogus': not a torch device"),
+    ("resnet_vit", ["--vit-patch", "5"], "vit_patch must divide the image size of mnist5k (28)"),
 ]
 SLOW = [
     ("fc_mnist", ["--models", "mlp"], "unknown model 'mlp'"),

@@ -11,11 +11,13 @@ from fgexp.lr import recipes
 from fgexp.lr.closed_form import FullHorizonConfig, refine_full_horizon
 from fgexp.lr.grid import GridConfig, grid_evaluate
 from fgexp.lr.registry import get_task, parse_selection, select_settings
-from fgexp.lr.table import LRTableError, lookup_lr, merge_rows, read_table, setting_key
+from fgexp.lr.table import (LRTableError, MissingLearningRate, lookup_lr, merge_rows, read_table,
+                            setting_key)
 
 from lr_cli import COLUMNS, ROOT, TINY, lr_search  # tests/lr_cli.py, shared with test_lr_search.py
 
 LRS = ROOT / "results" / "lrs"
+COLUMNS_FC = ("model", "dataset", "width")
 
 
 def one_line(result, status: int = 2) -> str:
@@ -102,6 +104,45 @@ def test_full_horizon_refinement_merges_grid_full_rows(tmp_path):
     assert {r["backend"] for r in table} == {"grid-full"} and len(table) == 2
     # on the Sphere a larger rate is better within [0.01 / 10^1.25, 0.01 * 10^0.25]
     assert all(float(r["lr"]) == pytest.approx(0.01 * 10 ** 0.25) for r in table)
+
+
+def _anchored_recipe(stages):
+    return recipes.Recipe("anchored-test", "fc_mnist", tuple(stages))
+
+
+_BP = recipes.Stage("fc_mnist:smoke", ("gradient=bp",),
+                    grid=GridConfig(lo=-2, hi=-1, points_per_decade=1, seeds=(0,)))
+_FG = recipes.Stage("fc_mnist:smoke", ("gradient=fg-mean,frog",), anchor="isotropic",
+                    grid=GridConfig(lo=-0.5, hi=0.5, points_per_decade=1, seeds=(0,)))
+
+
+def test_anchored_stage_searches_around_the_rule_rate_from_bp(tmp_path):
+    """Stage 2's grid is centred on the isotropic rule's rate from the bp rate stage 1 wrote:
+    bp's for the projection, bp's x k / (n + k + 1) for the mean (FC-32: n = 32 + 32 + 10)."""
+    rows, failed = recipes.run_recipe(_anchored_recipe([_BP, _FG]), tmp_path, progress=False)
+    assert not failed
+    table = {r["gradient"]: float(r["lr"]) for r in read_table(tmp_path / "fc_mnist.csv",
+                                                                 COLUMNS_FC)}
+    log = [json.loads(line) for line in (tmp_path / "fc_mnist.log.jsonl").open()]
+    anchored = {e["rows"][0]["gradient"]: e for e in log if e.get("anchor")}
+    lr_bp = table["bp"]
+    assert anchored["frog"]["anchor_lr"] == pytest.approx(lr_bp)
+    assert anchored["fg-mean"]["anchor_lr"] == pytest.approx(lr_bp / 76)
+    for gradient, entry in anchored.items():
+        (tried,) = entry["losses"].values()
+        centre = entry["anchor_lr"]
+        assert [lr for lr, _ in tried] == pytest.approx([centre / 10 ** 0.5, centre * 10 ** 0.5])
+        assert table[gradient] in [lr for lr, _ in tried]
+    (bp_entry,) = [e for e in log if not e.get("anchor")]
+    assert [lr for lr, _ in next(iter(bp_entry["losses"].values()))] == pytest.approx([0.01, 0.1])
+
+
+def test_anchored_stage_without_a_bp_rate_names_the_bp_search(tmp_path):
+    with pytest.raises(MissingLearningRate, match="make lrs-anchored-test .*gradient=bp"):
+        recipes.run_recipe(_anchored_recipe([_FG]), tmp_path, progress=False)
+    assert not (tmp_path / "fc_mnist.csv").exists()  # nothing computed, nothing written
+    listing = "\n".join(recipes.listing(_anchored_recipe([_BP, _FG])))
+    assert "around the isotropic rule's rate" in listing
 
 
 # --- diverging rates --------------------------------------------------------------------------

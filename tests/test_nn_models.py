@@ -65,6 +65,37 @@ def test_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_vit_is_initialized_as_torchvisions():
+    """The authors' ViT replicates torchvision's initialization: zero classifier, patch
+    projection with std sqrt(1 / fan_in), Xavier-uniform qkv, zero attention biases."""
+    from torchvision.models import VisionTransformer
+    torch.manual_seed(0)
+    ours = build("vit", **MNIST, width=64)
+    ref = VisionTransformer(image_size=28, patch_size=4, num_layers=6, num_heads=4,
+                            hidden_dim=64, mlp_dim=128, num_classes=10)
+    head = ours.blocks[-1][-1].fc
+    assert not head.weight.any() and not head.bias.any()
+    assert not ref.heads.head.weight.any()
+    patch = ours.blocks[0][0].proj
+    # 64 x 16 normals of std sqrt(1 / 16) (torch truncates at +-2, 8 std out: no effect);
+    # default Conv2d initialization would give std 1 / sqrt(3 * 16) = 0.144
+    assert patch.weight.std().item() == pytest.approx(0.25, rel=0.08)
+    assert not patch.bias.any()
+    attention = ours.blocks[1].attention
+    bound = (6 / (64 + 3 * 64)) ** 0.5  # Xavier uniform over the (3h, h) in-projection
+    assert attention.qkv.weight.abs().max().item() <= bound
+    assert attention.qkv.weight.abs().max().item() > 0.95 * bound
+    ref_in = ref.encoder.layers[0].self_attention.in_proj_weight
+    assert ref_in.abs().max().item() <= bound
+    assert not attention.qkv.bias.any() and not attention.out.bias.any()
+
+
+def test_vit_patch_sets_the_tokens():
+    model = build("vit", **MNIST, width=32, patch=7)
+    assert model.blocks[0](torch.randn(2, 1, 28, 28)).shape == (2, 4 * 4 + 1, 32)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="mlp"), "allowed: fc, resnet18, vit"),
     (dict(name="fc", width=0), "width"),
@@ -72,6 +103,9 @@ def test_attention_matches_torch_multihead_attention():
     (dict(name="fc", depth=-1), "depth"),
     (dict(name="vit", image_size=30), "patch"),
     (dict(name="vit", width=18), "heads"),
+    (dict(name="vit", patch=5), "patch"),
+    (dict(name="vit", patch=0), "patch"),
+    (dict(name="resnet18", patch=7), "vit only"),
     (dict(name="fc", num_classes=0), "num_classes"),
 ])
 def test_bad_input(kwargs, match):

@@ -75,6 +75,22 @@ def test_evaluate_matches_a_direct_computation():
     assert acc == pytest.approx((logits.argmax(1) == DATA.val.y).float().mean().item())
 
 
+def test_validation_only_epochs_train_the_same_numbers():
+    """The LR search evaluates the validation split alone: same weights, same val loss."""
+    from fgexp.nn.train import epochs
+    run = nets.Run("fc", "synthetic", 16, "frog", 2, seed=0)
+    cfg = nets.train_config(CFG, run, 0.05, max_epochs=2)
+    full, val_only = ([row for row, _, _ in epochs(nets.build_model(run, DATA, 0), DATA,
+                                                   nets.spec_of(run, CFG), cfg, 0,
+                                                   splits=splits)]
+                      for splits in (("train", "val", "test"), ("val",)))
+    assert [r["val_loss"] for r in val_only] == [r["val_loss"] for r in full]
+    assert "train_loss" not in val_only[0] and "test_acc" not in val_only[0]
+    with pytest.raises(ValueError, match="must include 'val'"):
+        next(epochs(nets.build_model(run, DATA, 0), DATA, nets.spec_of(run, CFG), cfg, 0,
+                    splits=("train",)))
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="learning rate"):
         TrainConfig(lr=-1.0)
