@@ -28,11 +28,15 @@ class GridConfig:
     refine_points: int = 9            # rates per refinement round, spanning +-1 previous step
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # every rate runs with every seed
     tolerance: float = 0.05           # extraction: "within 5% of the best loss"
+    extend: int = 0                   # at most this many rates added one grid step beyond the
+    #   edge of the grid that holds the lowest loss, while it does (before any refinement)
 
     def validate(self) -> "GridConfig":
         check_limits(self.lo, self.hi)
         if self.points_per_decade < 1 or self.refine < 0 or self.refine_points < 2:
             raise ValueError("need --points-per-decade >= 1, --refine >= 0, --refine-points >= 2")
+        if self.extend < 0:
+            raise ValueError(f"need extend >= 0, got {self.extend}")
         if not self.seeds:
             raise ValueError("the grid needs at least one seed")
         check_tolerance(self.tolerance)
@@ -69,7 +73,8 @@ def last_value(losses: Iterator[float]) -> float:
 
 def grid_evaluate(task: Task, setting: Mapping, config: GridConfig
                   ) -> tuple[list[float], list[float]]:
-    """Every rate tried (grid plus refinements) and its seed-mean loss, inf where it diverged."""
+    """Every rate tried (grid, edge extensions, refinements) and its seed-mean loss, inf where
+    it diverged."""
     lrs = log_grid(config.lo, config.hi, config.points_per_decade)
     step = (config.hi - config.lo) / (len(lrs) - 1)
     all_lrs, all_losses = [], []
@@ -77,12 +82,33 @@ def grid_evaluate(task: Task, setting: Mapping, config: GridConfig
         losses_l = _mean_finite(grid_losses(task, setting, lrs, config.seeds))
         all_lrs += lrs
         all_losses += losses_l.tolist()
+        if round_ == 0:
+            _extend_edges(task, setting, config, step, all_lrs, all_losses)
         if round_ == config.refine or not any(map(math.isfinite, all_losses)):
             break  # nothing to refine around when every rate diverged
         center = math.log10(extract_best(all_lrs, all_losses, config.tolerance))
         lrs = [10 ** x for x in _linspace(center - step, center + step, config.refine_points)]
         step = 2 * step / (config.refine_points - 1)
     return all_lrs, all_losses
+
+
+def _extend_edges(task: Task, setting: Mapping, config: GridConfig, step: float,
+                  lrs: list[float], losses: list[float]) -> None:
+    """While the lowest finite loss lies at the smallest or largest rate tried, try one grid
+    step beyond it (at most config.extend times); appends to `lrs` and `losses` in place."""
+    for _ in range(config.extend):
+        finite = [i for i, loss in enumerate(losses) if math.isfinite(loss)]
+        if not finite:
+            return
+        best = min(finite, key=lambda i: losses[i])
+        if lrs[best] == max(lrs):
+            lr = lrs[best] * 10 ** step
+        elif lrs[best] == min(lrs):
+            lr = lrs[best] / 10 ** step
+        else:
+            return
+        lrs.append(lr)
+        losses.append(float(_mean_finite(grid_losses(task, setting, [lr], config.seeds))[0]))
 
 
 def grid_search(task: Task, setting: Mapping, config: GridConfig) -> dict:

@@ -106,18 +106,19 @@ FC_CPU = Recipe("fc-cpu", "fc_mnist", tuple(
     sorted(_FC_20_EPOCH_RATES.items(), key=lambda item: item[0][0])))  # width 256 first
 
 # ResNet18/ViT (cpu preset: ResNet18 with the paper's per-example activity tangents, the ViT at
-# hidden size 128) on the preset's whole training split over `search_epochs` epochs, seed 0, 1%
-# tolerance; only the validation loss is evaluated. bp first, 2 rates per decade over
-# 1e-2..1; then every forward gradient on 2 rates per decade from half a decade below to one and
-# a half above the isotropic rule's rate from that bp rate (docs/lr_rules.md: the mean's rate
-# is about k/N of bp's, the projection's bp's; searched rates of the FC nets lie 4-5x above it).
-_NET_GRID = GridConfig(lo=-2.0, hi=0.0, points_per_decade=2, seeds=(0,), tolerance=0.01)
+# hidden size 128 and patch 7) on the preset's whole training split over `search_epochs`
+# epochs, seed 0, 1% tolerance; only the validation loss is evaluated. bp first, 2 rates per
+# decade over 1e-2..1; then every forward gradient on 2 rates per decade from half a decade
+# below to one and a half above the isotropic rule's rate from that bp rate (docs/lr_rules.md:
+# the mean's rate is about k/N of bp's, the projection's bp's; searched FC rates lie 4-5x above
+# it). Where the best loss lies on an edge of a grid, up to 3 more rates beyond it.
+_NET_GRID = GridConfig(lo=-2.0, hi=0.0, points_per_decade=2, seeds=(0,), tolerance=0.01,
+                       extend=3)
+_NET_ANCHORED = dataclasses.replace(_NET_GRID, lo=-0.5, hi=1.5)
 RESNET_VIT_CPU = Recipe("resnet-vit-cpu", "resnet_vit", (
     Stage("resnet_vit:cpu", ("gradient=bp",), grid=_NET_GRID),
-    Stage("resnet_vit:cpu", ("gradient=fg-mean",), anchor="isotropic",
-          grid=dataclasses.replace(_NET_GRID, lo=-0.5, hi=1.5)),
-    Stage("resnet_vit:cpu", ("gradient=frog",), anchor="isotropic",
-          grid=dataclasses.replace(_NET_GRID, lo=-0.5, hi=1.5)),
+    Stage("resnet_vit:cpu", ("gradient=fg-mean",), anchor="isotropic", grid=_NET_ANCHORED),
+    Stage("resnet_vit:cpu", ("gradient=frog",), anchor="isotropic", grid=_NET_ANCHORED),
 ))
 
 RECIPES = {r.name: r for r in (CLOSED_FORM, FC_CPU, RESNET_VIT_CPU)}
@@ -210,8 +211,9 @@ def _run_anchored(stage: Stage, task, settings, recipe: Recipe, lr_dir: Path | s
     return rows, failed
 
 
-def expected_rows(recipe: Recipe) -> dict[tuple, tuple[str, int]]:
-    """Setting key -> (backend, evaluations) of the row the recipe leaves for it (no compute)."""
+def expected_rows(recipe: Recipe) -> dict[tuple, tuple[str, tuple[int, ...]]]:
+    """Setting key -> (backend, possible evaluation counts) of the row the recipe leaves for it
+    (no compute; a grid that extends its edges may run up to `extend` more rates)."""
     out = {}
     for stage, task, settings in planned(recipe):
         for setting in settings:
@@ -220,25 +222,25 @@ def expected_rows(recipe: Recipe) -> dict[tuple, tuple[str, int]]:
     return out
 
 
-def _evaluations(stage: Stage) -> int:
+def _evaluations(stage: Stage) -> tuple[int, ...]:
     if stage.grid is not None:
         g = stage.grid
         rates = len(log_grid(g.lo, g.hi, g.points_per_decade)) + g.refine * g.refine_points
-        return rates * len(g.seeds)
-    return len(stage.full_horizon.offsets()) * len(stage.full_horizon.seeds)
+        return tuple((rates + extra) * len(g.seeds) for extra in range(g.extend + 1))
+    return (len(stage.full_horizon.offsets()) * len(stage.full_horizon.seeds),)
 
 
 def describe(stage: Stage, task, settings: Sequence[Mapping]) -> str:
     """One line: backend, bounds, seeds, tolerance and horizon of a stage."""
     options = "".join(f" --set {k}={v}" for k, v in stage.options)
-    if stage.grid is not None and stage.anchor is not None:
+    if stage.grid is not None:
         g = stage.grid
-        how = (f"grid {g.lo:+g}..{g.hi:+g} decades around the {stage.anchor} rule's rate from "
-               f"the table's bp rate, {g.points_per_decade} per decade"
-               + f", seeds {','.join(map(str, g.seeds))}, tolerance {g.tolerance:g}")
-    elif stage.grid is not None:
-        g = stage.grid
-        how = (f"grid log10 lr in [{g.lo:g}, {g.hi:g}], {g.points_per_decade} per decade"
+        bounds = (f"grid {g.lo:+g}..{g.hi:+g} decades around the {stage.anchor} rule's rate "
+                  f"from the table's bp rate" if stage.anchor is not None
+                  else f"grid log10 lr in [{g.lo:g}, {g.hi:g}]")
+        how = (f"{bounds}, {g.points_per_decade} per decade"
+               + (f", up to {g.extend} more beyond the edge holding the best loss"
+                  if g.extend else "")
                + (f", {g.refine} refinement(s) of {g.refine_points}" if g.refine else "")
                + f", seeds {','.join(map(str, g.seeds))}, tolerance {g.tolerance:g}")
     else:
