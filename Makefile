@@ -86,6 +86,14 @@ figure-6: $(RESULTS)/fc_mnist.csv ## Figure 6 (FC networks on MNIST)
 table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table (with $(RESULTS)/resnet_vit_held_stats/ where run)
 	$(PY) experiments/plot.py table-networks --results $(RESULTS) --figures $(FIGURES)
 
+# ResNet18 with held batch statistics, the best estimator forward mode computes in one pass per
+# tangent (docs/resnet_vit.md): its own run directory, the cpu preset's rates, no bp.
+HELD_STATS_GRADIENTS := fg-mean:1,fg-mean:2,fg-mean:4,fg-mean:16,frog:2,frog:4,frog:16
+.PHONY: resnet-vit-held-stats
+resnet-vit-held-stats: $(STAMP) ## ResNet18 held-stats rows of the cpu preset (results/resnet_vit_held_stats)
+	$(PY) experiments/resnet_vit.py --preset cpu --models resnet18 --activity-tangents held-stats \
+	    --gradients $(HELD_STATS_GRADIENTS) --out $(RESULTS)/resnet_vit_held_stats $(ARGS)
+
 # Guessed tangents from local losses (docs/local_guesses.md); the cpu preset takes ~30 min.
 .PHONY: figure-guesses
 $(RESULTS)/local_guesses.csv: | $(STAMP)

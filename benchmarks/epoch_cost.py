@@ -1,5 +1,6 @@
 """Per-epoch training cost of every gradient for ResNet18 and the ViT of the `resnet_vit` cpu
-preset, in simulated and forward mode, with ResNet18's activity tangent schemes
+preset (hidden size and patch in the `width` and `patch` columns), in simulated and forward
+mode, with ResNet18's activity tangent schemes
 (docs/resnet_vit.md).
 
 Rows: one per (model, scheme, mode, gradient) at the preset's training batch (64) on the first
@@ -87,8 +88,9 @@ def bench_model(model_name: str, quick: bool) -> list[dict]:
         timing = time_steps(lambda: set_gradients(model, inputs, targets, spec, generator,
                                                   activity_tangents=spec.activity_tangents),
                             CPU, warmup, repetitions)
-        rows.append({"model": model_name, "width": VIT_WIDTH if model_name == "vit" else "",
-                     "batch": BATCH, "scheme": scheme, "mode": mode, "gradient": gradient,
+        vit = model_name == "vit"
+        rows.append({"model": model_name, "width": VIT_WIDTH if vit else "",
+                     "patch": VIT_PATCH if vit else "", "batch": BATCH, "scheme": scheme, "mode": mode, "gradient": gradient,
                      "k": k or "", **timing,
                      "train_epoch_seconds": timing["seconds_per_step"] * steps,
                      "eval_epoch_seconds": evaluation})

@@ -267,4 +267,4 @@ def test_quick_epoch_cost_rows(monkeypatch):
     assert ("per-example", "forward", "frog", 2) not in full
     assert all(r["train_epoch_seconds"] == pytest.approx(55 * r["seconds_per_step"]) for r in rows)
     assert all(r["eval_epoch_seconds"] > 0 and r["time_ratio_to_bp"] > 0 for r in rows)
-    assert {r["width"] for r in rows if r["model"] == "vit"} == {128}
+    assert {(r["width"], r["patch"]) for r in rows if r["model"] == "vit"} == {(128, 7)}
