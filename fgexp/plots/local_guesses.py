@@ -2,8 +2,8 @@
 projection, bp and pure local learning as references; the cosine to the true activity gradient
 over training; a summary table with the tangents' mutual cosines.
 
-Input: results/local_guesses.csv, one row per run and epoch. Registered by the one import line
-at the end of fgexp/plots/registry.py.
+Input: results/local_guesses.csv, one row per run and epoch. Its builders register in
+fgexp.plots.builders when fgexp.plots.registry imports this module.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from matplotlib import pyplot as plt
 from matplotlib import ticker
 
 from fgexp.plots.data import CSVError
-from fgexp.plots.registry import SCHEMAS, builder, load
+from fgexp.plots.builders import SCHEMAS, builder, load
 from fgexp.plots.style import markdown_table, provenance, read_manifest, stamp
 
 CSV = "local_guesses.csv"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fgexp.plots.builders import builder
 from fgexp.plots.data import CSVError, read_results
 from fgexp.plots.style import markdown_table, provenance, read_manifest
 
@@ -124,6 +125,7 @@ def _fraction(fg_a: float, lg_fg_a: float, bp: float) -> str:
     return "no gap (FG-A <= BP)" if gap <= 0 else f"{(fg_a - lg_fg_a) / gap:.2f}"
 
 
+@builder("table-local-mixer", "local_mixer.csv")
 def build(results_dir: Path) -> dict[str, str]:
     """LocalMixer table: our final-epoch test / train error beside Ren et al.'s Table 3."""
     from fgexp.results import current_csv
@@ -158,10 +160,3 @@ def build(results_dir: Path) -> dict[str, str]:
             "table_local_mixer.md": header + markdown_table(wide) + gap_text + search_text
             + f"\n_{source}_\n"}
 
-
-def _register() -> None:
-    from fgexp.plots.registry import builder
-    builder("table-local-mixer", "local_mixer.csv")(build)
-
-
-_register()
