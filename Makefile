@@ -17,6 +17,7 @@ export MPLBACKEND ?= Agg
 
 .PHONY: help install test test-all smoke plots figure-3 figure-4 figure-5 figure-6 table-c \
         table-networks lr-search lrs-closed-form lrs-fc-cpu lrs-resnet-vit-cpu \
+        lrs-resnet-vit-cpu-held-stats \
         lr-rules slurm-lr-search slurm-test bench bench-quick bench-nn clean-scratch
 
 help: ## list the targets
@@ -92,7 +93,8 @@ HELD_STATS_GRADIENTS := fg-mean:1,fg-mean:2,fg-mean:4,fg-mean:16,frog:2,frog:4,f
 .PHONY: resnet-vit-held-stats
 resnet-vit-held-stats: $(STAMP) ## ResNet18 held-stats rows of the cpu preset (results/resnet_vit_held_stats)
 	$(PY) experiments/resnet_vit.py --preset cpu --models resnet18 --activity-tangents held-stats \
-	    --gradients $(HELD_STATS_GRADIENTS) --out $(RESULTS)/resnet_vit_held_stats $(ARGS)
+	    --gradients $(HELD_STATS_GRADIENTS) --lr-table $(RESULTS)/lrs/held_stats/resnet_vit.csv \
+	    --out $(RESULTS)/resnet_vit_held_stats $(ARGS)
 
 # Guessed tangents from local losses (docs/local_guesses.md); the cpu preset takes ~30 min.
 .PHONY: figure-guesses
@@ -146,6 +148,9 @@ lrs-paper-fc: $(STAMP) ## results/lrs/paper/fc_mnist.csv from $(PAPER_LRS)/fc_nn
 
 lrs-resnet-vit-cpu: $(STAMP) ## LR table resnet_vit.csv of the ResNet18/ViT cpu preset
 	$(PY) experiments/lr_search.py --recipe resnet-vit-cpu --lr-dir $(RESULTS)/lrs $(ARGS)
+
+lrs-resnet-vit-cpu-held-stats: $(STAMP) ## LR table held_stats/resnet_vit.csv (ResNet18, held-stats)
+	$(PY) experiments/lr_search.py --recipe resnet-vit-cpu-held-stats --lr-dir $(RESULTS)/lrs $(ARGS)
 
 slurm-lr-search: $(STAMP) ## write the settings list for TASK and submit the SLURM job array
 	@test -n "$(TASK)" || { echo "usage: make slurm-lr-search TASK=<task>"; exit 2; }

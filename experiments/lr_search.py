@@ -141,7 +141,7 @@ def run_recipe(args) -> int:
         print("\n".join(recipes.listing(recipe, args.select)))
         return 0
     rows, failed = recipes.run_recipe(recipe, args.lr_dir, args.select, not args.no_progress)
-    return report(rows, failed, table.table_path(args.lr_dir, recipe.table))
+    return report(rows, failed, table.table_path(recipe.lr_dir(args.lr_dir), recipe.table))
 
 
 def report(rows, failed, path) -> int:

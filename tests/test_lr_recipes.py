@@ -35,19 +35,18 @@ def test_recipe_leaves_the_committed_tables_settings_backends_and_evaluations(na
     recipe = recipes.get_recipe(name)
     task = recipe.stages[0].make_task()
     committed = {setting_key(r, task.setting_columns): (r["backend"], int(r["evaluations"]))
-                 for r in read_table(LRS / f"{recipe.table}.csv", task.setting_columns)}
+                 for r in read_table(recipe.lr_dir(LRS) / f"{recipe.table}.csv",
+                                     task.setting_columns)}
     expected = recipes.expected_rows(recipe)
-    assert committed.keys() <= expected.keys()
+    assert committed.keys() == expected.keys()  # every setting searched, nothing else
     for key, (backend, evaluations) in committed.items():
         assert backend == expected[key][0] and evaluations in expected[key][1], key
-    if name != "fc-cpu":  # fc-cpu: some width-1024 settings not searched yet (learning_rates.md)
-        assert expected == committed
 
 
 @pytest.mark.parametrize("name", sorted(recipes.RECIPES))
 def test_each_committed_table_names_its_make_target(name):
     recipe = recipes.get_recipe(name)
-    sidecar = json.loads((LRS / f"{recipe.table}.recipe.json").read_text())
+    sidecar = json.loads((recipe.lr_dir(LRS) / f"{recipe.table}.recipe.json").read_text())
     assert sidecar["make_target"] == f"lrs-{name}" and sidecar["table"] == f"{recipe.table}.csv"
     assert len(sidecar["stages"]) == len(recipe.stages)
     makefile = (ROOT / "Makefile").read_text()

@@ -94,6 +94,21 @@ def test_missing_rate_or_table_names_the_search():
         nets.learning_rates(paper, "fc_mnist:paper", nets.runs(paper)[:1])
 
 
+def test_missing_rate_names_the_recipe_of_its_own_table(tmp_path):
+    """Two recipes search resnet_vit:cpu; the line names the one whose table is missing."""
+    cpu = nets.PRESETS["resnet_vit"]["cpu"]
+    (frog,) = [r for r in nets.runs(cpu) if r.model == "resnet18" and r.gradient == "frog"
+               and r.k == 16]
+    for table, target in ((tmp_path / "lrs" / "resnet_vit.csv", "lrs-resnet-vit-cpu "),
+                          (tmp_path / "lrs" / "held_stats" / "resnet_vit.csv",
+                           "lrs-resnet-vit-cpu-held-stats ")):
+        with pytest.raises(ValueError, match=re.escape(
+                f"make {target}ARGS='--select model=resnet18 --select gradient=frog "
+                "--select k=16'")):
+            nets.learning_rates(dataclasses.replace(cpu, lr_table=str(table)), "resnet_vit:cpu",
+                                [frog])
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, net):
     done = net("fc_mnist.py", "--preset", "cpu", "--lr-table", "/no/such/table.csv",
                   "--out", tmp_path / "out")

@@ -45,12 +45,18 @@ class Stage:
 @dataclass(frozen=True)
 class Recipe:
     name: str                  # --recipe NAME; make target lrs-NAME
-    table: str                 # LR table name: <lr_dir>/<table>.csv
+    table: str                 # LR table name: <lr_dir>/<subdir>/<table>.csv
     stages: tuple[Stage, ...]  # run in order
+    subdir: str = ""           # a folder of its own under the LR directory (a table for one
+    #   variant of an experiment, e.g. another estimator, beside the experiment's own)
 
     @property
     def make_target(self) -> str:
         return f"lrs-{self.name}"
+
+    def lr_dir(self, root: Path | str) -> Path:
+        """Where the recipe's table lives, given the LR directory (results/lrs)."""
+        return Path(root) / self.subdir
 
 
 # Closed form (Figures 4 and 5b): 4 points per decade plus one refinement round of 5 rates,
@@ -126,7 +132,16 @@ RESNET_VIT_CPU = Recipe("resnet-vit-cpu", "resnet_vit", (
     Stage("resnet_vit:cpu", ("gradient=frog",), anchor="isotropic", grid=_NET_ANCHORED),
 ))
 
-RECIPES = {r.name: r for r in (CLOSED_FORM, FC_CPU, RESNET_VIT_CPU)}
+# ResNet18 with held batch statistics (`make resnet-vit-held-stats`): the same recipe on that
+# estimator, into a table of its own (results/lrs/held_stats/): at the per-example estimator's
+# rates its runs degraded after 4 to 8 epochs.
+_HELD = (("activity_tangents", "held-stats"),)
+RESNET_VIT_CPU_HELD_STATS = Recipe("resnet-vit-cpu-held-stats", "resnet_vit", tuple(
+    dataclasses.replace(stage, select=("model=resnet18", *stage.select),
+                        options=(*stage.options, *_HELD))
+    for stage in RESNET_VIT_CPU.stages), subdir="held_stats")
+
+RECIPES = {r.name: r for r in (CLOSED_FORM, FC_CPU, RESNET_VIT_CPU, RESNET_VIT_CPU_HELD_STATS)}
 
 
 def get_recipe(name: str) -> Recipe:
@@ -266,7 +281,8 @@ def _horizon(task, settings) -> str:
 
 def listing(recipe: Recipe, select: Sequence[str] = ()) -> list[str]:
     """What `make lrs-NAME` searches: a header per stage, then one line per setting."""
-    lines = [f"# recipe {recipe.name} (make {recipe.make_target}) -> {recipe.table}.csv"]
+    table = Path(recipe.subdir) / f"{recipe.table}.csv"
+    lines = [f"# recipe {recipe.name} (make {recipe.make_target}) -> {table}"]
     for i, (stage, task, settings) in enumerate(planned(recipe, select), start=1):
         lines.append(f"# stage {i}: {describe(stage, task, settings)}")
         lines += settings_as_args(task, settings)
@@ -291,12 +307,14 @@ def write_sidecar(recipe: Recipe, lr_dir: Path | str) -> Path:
 
 def run_recipe(recipe: Recipe, lr_dir: Path | str, select: Sequence[str] = (),
                progress: bool = True) -> tuple[list[dict], list[str]]:
-    """Run every stage in order into <lr_dir>/<table>.csv; (rows, all-diverged messages).
+    """Run every stage in order into <lr_dir>/<subdir>/<table>.csv; (rows, all-diverged
+    messages).
 
     Every stage's task, selection and config, and the table directory, table and log, are
     checked before the first stage computes anything.
     """
     plan = planned(recipe, select)
+    lr_dir = recipe.lr_dir(lr_dir)
     check_outputs(lr_dir, recipe.table, plan[0][1].setting_columns)
     _check_anchors(recipe, plan, lr_dir)
     rows, failed = [], []

@@ -149,27 +149,37 @@ def learning_rates(cfg: NetConfig, task: str, todo: Sequence[Run]) -> dict[Run, 
         return {r: cfg.lr for r in todo}
     from fgexp.lr.table import lookup_lr
     if cfg.lr_rule is None:
-        return {r: lookup_lr(cfg.lr_table, r.setting(), search_command(task, r.setting()))
-                for r in todo}
+        return {r: lookup_lr(cfg.lr_table, r.setting(),
+                             search_command(task, r.setting(), cfg.lr_table)) for r in todo}
     from fgexp.lr.rules import predict
     rates = {}
     for r in todo:  # every rate from bp's rate of the same model, data set and width
         bp = {**r.setting(), "gradient": "bp", "k": "", "sampler": SAMPLER}
         rates[r] = predict({**r.setting(), "perturbation": cfg.perturbation},
-                           lookup_lr(cfg.lr_table, bp, search_command(task, bp)), cfg.lr_rule)
+                           lookup_lr(cfg.lr_table, bp, search_command(task, bp, cfg.lr_table)),
+                           cfg.lr_rule)
     return rates
 
 
-def search_command(task: str, setting: Mapping) -> str:
+def search_command(task: str, setting: Mapping, lr_table: str | None = None) -> str:
     """The command that makes a setting's missing rate: the recipe of the committed table
-    where one covers `task` ("name:preset"), else the generic search of the task."""
+    where one covers `task` ("name:preset") (the one whose table `lr_table` is, where
+    several do), else the generic search of the task."""
     from fgexp.lr.recipes import RECIPES
-    for recipe in RECIPES.values():
-        if any(stage.task == task for stage in recipe.stages):
-            select = " ".join(f"--select {key}={setting[key]}"
-                              for key in ("model", "width", "gradient", "k")
-                              if setting.get(key) not in (None, ""))
-            return f"make lrs-{recipe.name} ARGS='{select}'"
+    covering = [r for r in RECIPES.values() if any(s.task == task for s in r.stages)]
+    if lr_table is not None:
+        path = Path(lr_table)
+
+        def rank(recipe) -> tuple[bool, bool]:  # its own table first, a table in a subdir first
+            own = path.name == f"{recipe.table}.csv" and (
+                not recipe.subdir or path.parent.name == recipe.subdir)
+            return not own, not recipe.subdir
+        covering.sort(key=rank)
+    for recipe in covering:
+        select = " ".join(f"--select {key}={setting[key]}"
+                          for key in ("model", "width", "gradient", "k")
+                          if setting.get(key) not in (None, ""))
+        return f"make lrs-{recipe.name} ARGS='{select}'"
     return f"make lr-search TASK={task}"
 
 
