@@ -90,8 +90,8 @@ def bench_model(model_name: str, quick: bool) -> list[dict]:
                             CPU, warmup, repetitions)
         vit = model_name == "vit"
         rows.append({"model": model_name, "width": VIT_WIDTH if vit else "",
-                     "patch": VIT_PATCH if vit else "", "batch": BATCH, "scheme": scheme, "mode": mode, "gradient": gradient,
-                     "k": k or "", **timing,
+                     "patch": VIT_PATCH if vit else "", "batch": BATCH, "scheme": scheme,
+                     "mode": mode, "gradient": gradient, "k": k or "", **timing,
                      "train_epoch_seconds": timing["seconds_per_step"] * steps,
                      "eval_epoch_seconds": evaluation})
     bp = rows[0]["seconds_per_step"]

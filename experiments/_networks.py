@@ -12,9 +12,8 @@ import _common
 
 # Flags that set the NetConfig field of their name (--epochs sets max_epochs, its dest).
 FIELDS = ("models", "datasets", "widths", "vit_patch", "seeds", "mode", "perturbation",
-          "max_epochs",
-          "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table", "lr_rule",
-          "data_root", "activity_tangents")
+          "max_epochs", "patience", "batch_size", "train_limit", "eval_limit", "lr", "lr_table",
+          "lr_rule", "data_root", "activity_tangents")
 
 
 def parser(description: str, presets: dict, name: str):

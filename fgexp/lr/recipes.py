@@ -176,14 +176,13 @@ def planned(recipe: Recipe, select: Sequence[str] = ()) -> list[tuple[Stage, obj
 def anchor_rate(task, setting: Mapping, rule: str, lr_dir: Path | str, recipe: Recipe) -> float:
     """The centre of an anchored stage's grid: `rule`'s rate from bp's rate of the same model,
     data set and width in the table (MissingLearningRate names the recipe's bp search)."""
-    from fgexp.lr.rules import predict
+    from fgexp.lr.rules import network_dimension, predict
     from fgexp.lr.table import lookup_lr, table_path
     bp = {**setting, "gradient": "bp", "k": ""}
     select = " ".join(f"--select {c}={bp[c]}" for c in task.setting_columns
                       if bp.get(c) not in (None, ""))
     lr_bp = lookup_lr(table_path(lr_dir, task.name), bp,
                       f"make {recipe.make_target} ARGS='{select} --select gradient=bp'")
-    from fgexp.lr.rules import network_dimension
     config = task.config  # a network task (its model's n depends on the config's ViT patch)
     width = setting.get("width")
     n = network_dimension(setting["model"], setting["dataset"],
