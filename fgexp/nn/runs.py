@@ -175,11 +175,11 @@ def search_command(task: str, setting: Mapping, lr_table: str | None = None) -> 
                 not recipe.subdir or path.parent.name == recipe.subdir)
             return not own, not recipe.subdir
         covering.sort(key=rank)
-    for recipe in covering:
+    if covering:
         select = " ".join(f"--select {key}={setting[key]}"
                           for key in ("model", "width", "gradient", "k")
                           if setting.get(key) not in (None, ""))
-        return f"make lrs-{recipe.name} ARGS='{select}'"
+        return f"make lrs-{covering[0].name} ARGS='{select}'"
     return f"make lr-search TASK={task}"
 
 
