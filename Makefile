@@ -88,7 +88,8 @@ table-networks: $(RESULTS)/resnet_vit.csv ## ResNet18/ViT table (with $(RESULTS)
 	$(PY) experiments/plot.py table-networks --results $(RESULTS) --figures $(FIGURES)
 
 # ResNet18 with held batch statistics, the best estimator forward mode computes in one pass per
-# tangent (docs/resnet_vit.md): its own run directory, the cpu preset's rates, no bp.
+# tangent (docs/resnet_vit.md): its own run directory and LR table (make
+# lrs-resnet-vit-cpu-held-stats), the 7 forward gradients (bp is the cpu preset's).
 HELD_STATS_GRADIENTS := fg-mean:1,fg-mean:2,fg-mean:4,fg-mean:16,frog:2,frog:4,frog:16
 .PHONY: resnet-vit-held-stats
 resnet-vit-held-stats: $(STAMP) ## ResNet18 held-stats rows of the cpu preset (results/resnet_vit_held_stats)

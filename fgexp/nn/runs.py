@@ -166,15 +166,10 @@ def search_command(task: str, setting: Mapping, lr_table: str | None = None) -> 
     where one covers `task` ("name:preset") (the one whose table `lr_table` is, where
     several do), else the generic search of the task."""
     from fgexp.lr.recipes import RECIPES
-    covering = [r for r in RECIPES.values() if any(s.task == task for s in r.stages)]
-    if lr_table is not None:
-        path = Path(lr_table)
-
-        def rank(recipe) -> tuple[bool, bool]:  # its own table first, a table in a subdir first
-            own = path.name == f"{recipe.table}.csv" and (
-                not recipe.subdir or path.parent.name == recipe.subdir)
-            return not own, not recipe.subdir
-        covering.sort(key=rank)
+    folder = Path(lr_table).parent.name if lr_table is not None else ""
+    # A recipe whose own folder holds the table first; else the experiment's own (no subdir).
+    covering = sorted((r for r in RECIPES.values() if any(s.task == task for s in r.stages)),
+                      key=lambda r: (r.subdir != folder, r.subdir != ""))
     if covering:
         select = " ".join(f"--select {key}={setting[key]}"
                           for key in ("model", "width", "gradient", "k")

@@ -15,7 +15,7 @@ from matplotlib import pyplot as plt
 from fgexp.plots import (approximation, benchmarks, closed_form, local_guesses,  # noqa: F401
                          local_mixer, lr_rules, networks)
 from fgexp.plots.builders import (  # noqa: F401  (BUILDERS, write_outputs: the registry's API)
-    BUILDERS, SCHEMAS, Builder, Outputs, builder, load, write_outputs)
+    BUILDERS, SCHEMAS, Outputs, builder, load, write_outputs)
 from fgexp.plots.data import CSVError, read_results
 from fgexp.plots.style import markdown_table, provenance, read_manifest, stamp
 
